@@ -1,0 +1,65 @@
+"""The aiohttp application: health and media sockets (the control API comes on top)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from ringline.config.settings import Settings
+from ringline.engine.audio.clock import LoopClock
+from ringline.engine.call import Call
+from ringline.engine.providers import build_providers
+from ringline.engine.record import EndReason
+from ringline.engine.registry import CallRegistry
+from ringline.engine.transports.events import CallStarted
+from ringline.engine.transports.twilio.ws import TwilioTransport, serve_twilio
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+CALLS = web.AppKey("calls", CallRegistry)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "calls": len(request.app[CALLS])})
+
+
+@routes.get("/media/twilio")
+async def twilio_media(request: web.Request) -> web.WebSocketResponse:
+    settings = request.app[SETTINGS]
+    calls = request.app[CALLS]
+    ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes)
+    await ws.prepare(request)
+    clock = LoopClock()
+    created: list[Call] = []
+
+    async def make_call(started: CallStarted, transport: TwilioTransport) -> Call:
+        agent_name = started.parameters.get("agent") or settings.default_agent
+        agent = settings.agent(agent_name)
+        call = Call(started.call_id, agent_name, agent, transport, build_providers(agent, clock), clock)
+        calls.add(call)
+        created.append(call)
+        return call
+
+    try:
+        await serve_twilio(ws, make_call, max_errors=settings.server.max_protocol_errors)
+    finally:
+        for call in created:
+            calls.finish(call)
+    return ws
+
+
+def make_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[CALLS] = CallRegistry()
+    app.add_routes(routes)
+
+    async def end_calls(app: web.Application) -> None:
+        await app[CALLS].end_all(EndReason.SERVER_SHUTDOWN, settings.server.shutdown_timeout_s)
+
+    app.on_shutdown.append(end_calls)
+    return app

@@ -1,0 +1,190 @@
+"""Typed, validated settings. Every option has one documented default, here.
+
+A config file is TOML; values from the file are validated at load and a mistake is reported
+with its path (``agents.default.turn.silence_ms: Input should be greater than or equal to 0``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ringline.engine.errors import ConfigError
+
+Ms = Annotated[float, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VadConfig(_Model):
+    """Voice activity: webrtcvad per 20 ms frame with start/stop hysteresis."""
+
+    aggressiveness: int = Field(3, ge=0, le=3)
+    """webrtcvad mode: 0 (least aggressive about filtering out non-speech) to 3 (most)."""
+    energy_floor_dbfs: float = Field(-50.0, le=0)
+    """Frames quieter than this (RMS, dB full scale) are never speech. Trims webrtcvad's
+    40-140 ms hangover after speech, which would otherwise lengthen every turn's silence."""
+    start_ms: Ms = 60
+    """Voiced audio (within ``start_window_ms``) before speech counts as started."""
+    start_window_ms: Ms = 100
+    """Sliding window in which ``start_ms`` of voiced frames must fall."""
+    stop_ms: Ms = 160
+    """Unvoiced audio before speech counts as stopped."""
+
+
+class TurnConfig(_Model):
+    """End of the caller's turn: VAD silence + STT final + how the transcript ends."""
+
+    silence_ms: Ms = 500
+    """Silence after speech that ends a turn whose text ends neither a sentence nor mid-thought."""
+    sentence_end_silence_ms: Ms = 300
+    """Silence that ends a turn whose transcript ends a sentence (``.``, ``?``, ``!``)."""
+    continuation_silence_ms: Ms = 1200
+    """Silence that ends a turn whose transcript trails off (``and``, ``um``, a comma, ...)."""
+    continuation_words: tuple[str, ...] = (
+        "and", "but", "or", "so", "because", "um", "uh", "er", "hmm", "like", "the", "a", "to", "of",
+    )
+    """Trailing words that mean the caller is probably not done."""
+    final_timeout_ms: Ms = 1500
+    """How long to wait for the STT final once the silence is long enough; then use what is there."""
+
+
+class InterruptionConfig(_Model):
+    """Barge-in: the caller talking over the agent."""
+
+    enabled: bool = True
+    min_speech_ms: Ms = 100
+    """Caller speech this long (from its first voiced frame) stops the agent's audio."""
+    min_words: int = Field(0, ge=0)
+    """Also require this many transcribed words before stopping the agent (0: speech alone)."""
+    false_interruption_timeout_ms: Ms = 1000
+    """If the speech that stopped the agent yields no words within this time after it ends,
+    it was noise: the agent resumes where the caller stopped hearing it."""
+
+
+class PlayoutConfig(_Model):
+    lead_ms: Ms = 200
+    """How far ahead of real time audio is sent to the telephony provider's buffer."""
+    frame_ms: int = Field(20, ge=10, le=200)
+    """Audio per media message."""
+
+
+class FakeSttConfig(_Model):
+    provider: Literal["fake"] = "fake"
+    transcripts: tuple[str, ...] = ()
+    """Scripted finals, one per utterance, in order ("" = noise, no words). When the script runs
+    out, each utterance is transcribed as ``fallback``."""
+    fallback: str = "Tell me more."
+    final_latency_ms: Ms = 0
+    """Delay between ``finalize`` and the final transcript."""
+    interim_after_ms: Ms = 200
+    """Speech this long yields an interim transcript (the first words of the scripted text)."""
+
+
+class FakeLlmConfig(_Model):
+    provider: Literal["fake"] = "fake"
+    replies: tuple[str, ...] = ()
+    """Scripted replies in order; ``[tool:NAME {json}]`` inside a reply calls a tool. When they
+    run out every reply is ``fallback`` (``{user}`` is replaced by the user's last words)."""
+    fallback: str = "You said: {user}"
+    ttft_ms: Ms = 0
+    """Time to first token."""
+    tokens_per_s: float = Field(0, ge=0)
+    """Token rate after the first; 0 streams every token at once."""
+
+
+class FakeTtsConfig(_Model):
+    provider: Literal["fake"] = "fake"
+    sample_rate: int = Field(8000, gt=0)
+    ttfb_ms: Ms = 0
+    """Time to first audio of each phrase."""
+    realtime_factor: float = Field(0, ge=0)
+    """Synthesis time per second of audio (0.1: ten times faster than real time; 0: instant)."""
+    seconds_per_phrase: float | None = Field(None, gt=0)
+    """Render every phrase as exactly this much audio; unset: ``seconds_per_word`` per word."""
+    seconds_per_word: float = Field(0.3, gt=0)
+    tone_hz: float = Field(440.0, gt=0)
+    chunk_ms: int = Field(100, gt=0)
+
+
+class AgentConfig(_Model):
+    name: str = "Ringline agent"
+    system_prompt: str = "You are a helpful, concise phone agent."
+    first_message: str = ""
+    """Spoken when the call starts if ``first_speaker`` is ``agent``."""
+    first_speaker: Literal["agent", "caller"] = "agent"
+    stt: FakeSttConfig = FakeSttConfig()
+    llm: FakeLlmConfig = FakeLlmConfig()
+    tts: FakeTtsConfig = FakeTtsConfig()
+    vad: VadConfig = VadConfig()
+    turn: TurnConfig = TurnConfig()
+    interruption: InterruptionConfig = InterruptionConfig()
+    playout: PlayoutConfig = PlayoutConfig()
+    max_tool_rounds: int = Field(4, ge=1)
+    """LLM calls per reply when tools are called (a tool result feeds the next call)."""
+
+    @model_validator(mode="after")
+    def _check_silences(self) -> AgentConfig:
+        shortest = min(self.turn.silence_ms, self.turn.sentence_end_silence_ms)
+        if shortest < self.vad.stop_ms:
+            raise ValueError(
+                f"turn silences ({shortest:g} ms) must be at least vad.stop_ms ({self.vad.stop_ms:g} ms)"
+            )
+        return self
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_message_bytes: int = Field(64 * 1024, gt=0)
+    """Largest WebSocket message accepted from a media socket; larger closes it (1009)."""
+    max_protocol_errors: int = Field(50, ge=1)
+    """Malformed messages a media socket may send before its call is ended."""
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+
+
+class Settings(_Model):
+    server: ServerConfig = ServerConfig()
+    default_agent: str = "default"
+    agents: dict[str, AgentConfig] = Field(default_factory=lambda: {"default": AgentConfig()})
+
+    @model_validator(mode="after")
+    def _check_default(self) -> Settings:
+        if self.default_agent not in self.agents:
+            raise ValueError(f"default_agent {self.default_agent!r} is not among agents {sorted(self.agents)}")
+        return self
+
+    def agent(self, name: str | None) -> AgentConfig:
+        """The named agent, or the default one when ``name`` is None or empty."""
+        key = name or self.default_agent
+        try:
+            return self.agents[key]
+        except KeyError:
+            raise ConfigError(f"unknown agent {key!r}") from None
+
+
+BUNDLED = Path(__file__).parent
+
+
+def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Settings:
+    """Load and validate settings from a TOML file (or a dict); defaults where nothing is given."""
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(data or {})
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        ]
+        where = f"config {path}" if path is not None else "config"
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from exc

@@ -1,0 +1,303 @@
+"""A call: wires the transport, listener (VAD + STT + turn-taking), responder and playout.
+
+Data flows one way: inbound audio -> VAD/STT -> ``TurnTaker`` -> actions -> responder/playout
+-> transport. The call owns every task it starts and ends them all in ``end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+
+from ringline.config.settings import AgentConfig
+from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.formats import FRAME_MS, AudioFormat, Encoding
+from ringline.engine.audio.framing import Framer
+from ringline.engine.audio.g711 import decode
+from ringline.engine.audio.resample import AudioConverter
+from ringline.engine.llm.base import Context, Message
+from ringline.engine.metrics import TurnMetrics
+from ringline.engine.playout import Playout
+from ringline.engine.providers import Providers
+from ringline.engine.record import CallRecord, EndReason
+from ringline.engine.responder import Responder, ToolRunner
+from ringline.engine.stt.base import SttSession
+from ringline.engine.tools import ToolRegistry, default_registry
+from ringline.engine.transports.base import MediaTransport
+from ringline.engine.turns import (
+    AbandonReply,
+    Action,
+    Finalize,
+    Respond,
+    ResumeAudio,
+    StopAudio,
+    TurnState,
+    TurnTaker,
+)
+from ringline.engine.vad.activity import SpeechStarted, SpeechStopped, VoiceActivity, WebRtcClassifier
+
+log = logging.getLogger(__name__)
+
+
+class CallStatus(enum.Enum):
+    CREATED = "created"
+    ACTIVE = "active"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+class Call:
+    def __init__(
+        self,
+        call_id: str,
+        agent_name: str,
+        agent: AgentConfig,
+        transport: MediaTransport,
+        providers: Providers,
+        clock: Clock,
+        *,
+        registry: ToolRegistry | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.agent = agent
+        self.status = CallStatus.CREATED
+        self.record = CallRecord(call_id, agent_name, started_at=time.time())
+        self._transport = transport
+        self._providers = providers
+        self._clock = clock
+        self._extra = {"call_id": call_id}
+        wire = transport.format
+        self._wire = wire
+        self._pcm_format = AudioFormat(Encoding.PCM16, wire.sample_rate)
+        self._framer = Framer(wire.bytes_for(FRAME_MS))
+        self._frame_bytes = wire.bytes_for(FRAME_MS)
+        self._vad = VoiceActivity(agent.vad, WebRtcClassifier(agent.vad.aggressiveness, wire.sample_rate, agent.vad.energy_floor_dbfs))
+        self._turns = TurnTaker(agent.turn, agent.interruption)
+        self.context = Context(agent.system_prompt)
+        self._registry = registry or default_registry()
+        self._tools = ToolRunner(self._registry, self.context, self)
+        self._playout = Playout(transport, clock, agent.playout, self, call_id=call_id)
+        self._responder = Responder(
+            llm=providers.llm,
+            tts=providers.tts,
+            registry=self._registry,
+            tools=self._tools,
+            context=self.context,
+            playout=self._playout,
+            clock=clock,
+            max_tool_rounds=agent.max_tool_rounds,
+            call_id=call_id,
+        )
+        self._stt: SttSession | None = None
+        self._stt_converter: AudioConverter | None = None
+        self._stt_takes_wire = False
+        self._stt_task: asyncio.Task[None] | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._pending = TurnMetrics()
+        """Marks of the caller's turn in progress."""
+        self._turn_metrics: TurnMetrics | None = None
+        """Marks of the reply in progress."""
+        self._last_voiced_at: float | None = None
+        self._hangup_reason: str | None = None
+        self._end_task: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()
+
+    def _set_status(self, new: CallStatus) -> None:
+        log.info("call %s -> %s", self.status.value, new.value, extra=self._extra)
+        self.status = new
+
+    @property
+    def turn_state(self) -> TurnState:
+        return self._turns.state
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the STT session, start owned tasks, speak the first message if the agent goes first."""
+        self._stt = stt = await self._providers.stt.open(self._wire)
+        if stt.format == self._wire:
+            self._stt_takes_wire = True
+        elif stt.format != self._pcm_format:
+            self._stt_converter = AudioConverter(self._pcm_format, stt.format)
+        self._stt_task = asyncio.create_task(self._read_transcripts(stt), name=f"stt-{self.call_id}")
+        self._playout.start()
+        self._set_status(CallStatus.ACTIVE)
+        if self.agent.first_speaker == "agent" and self.agent.first_message:
+            self._turns.agent_speaks()
+            self._start_reply(script=self.agent.first_message)
+
+    async def end(self, reason: EndReason, detail: str = "") -> None:
+        """End the call (idempotent): stop every task, close the STT, hang up the transport."""
+        if self.status in (CallStatus.ENDING, CallStatus.ENDED):
+            await self._ended.wait()
+            return
+        self._set_status(CallStatus.ENDING)
+        self.record.end_reason, self.record.end_detail = reason, detail
+        current = asyncio.current_task()
+        tasks = [t for t in (self._reply_task, self._stt_task) if t is not None and t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._reply_task is not None and self._turn_metrics is not None:
+            self._responder.truncate_to_heard()
+        await self._tools.aclose()
+        await self._playout.aclose()
+        if self._stt is not None:
+            try:
+                await self._stt.aclose()
+            except Exception:
+                log.warning("closing STT failed", exc_info=True, extra=self._extra)
+        if reason is not EndReason.CALLER_HANGUP:
+            await self._transport.hangup()
+        self._finish_record()
+        self._set_status(CallStatus.ENDED)
+        log.info("call ended: %s %s", reason.value, detail, extra=self._extra)
+        self._ended.set()
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    def _finish_record(self) -> None:
+        record = self.record
+        record.ended_at = time.time()
+        record.underruns = self._playout.underruns
+        record.transcript = [
+            {"role": m.role, "content": m.content, **({"interrupted": True} if m.interrupted else {})}
+            for m in self.context.messages
+            if m.role in ("user", "assistant") and (m.content or m.role == "user")
+        ]
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    async def on_audio(self, payload: bytes) -> None:
+        """One inbound media message (usually exactly one 20 ms frame): the hot path."""
+        if self.status is not CallStatus.ACTIVE:
+            return
+        if len(payload) == self._frame_bytes:
+            await self._on_frame(payload)
+        else:
+            for frame in self._framer.feed(payload):
+                await self._on_frame(frame)
+
+    async def _on_frame(self, frame: bytes) -> None:
+        pcm = decode(frame, self._wire.encoding) if self._wire.encoding is not Encoding.PCM16 else frame
+        stt = self._stt
+        assert stt is not None
+        if self._stt_takes_wire:
+            await stt.send(frame)
+        elif self._stt_converter is not None:
+            await stt.send(self._stt_converter.convert(pcm))
+        else:
+            await stt.send(pcm)
+        vad = self._vad
+        edge = vad.feed(pcm)
+        if vad.last_voiced_end == vad.now:
+            self._last_voiced_at = self._clock.now()
+        turns = self._turns
+        if edge is None:
+            actions = turns.tick(vad.now)
+        elif isinstance(edge, SpeechStarted):
+            actions = turns.speech_started(edge.at) + turns.tick(vad.now)
+        else:
+            assert isinstance(edge, SpeechStopped)
+            self._pending = TurnMetrics(user_stopped=self._last_voiced_at)
+            actions = turns.speech_stopped(edge.at) + turns.tick(vad.now)
+        if actions:
+            await self._apply(actions)
+        self._playout.poll()
+
+    def on_mark(self, name: str) -> None:
+        self._playout.on_mark(name)
+
+    def on_dtmf(self, digit: str) -> None:
+        log.info("dtmf %s", digit, extra=self._extra)
+
+    async def _read_transcripts(self, stt: SttSession) -> None:
+        try:
+            async for transcript in stt:
+                if transcript.is_final:
+                    self._pending.stt_final = self._clock.now()
+                actions = self._turns.transcript(transcript.text, final=transcript.is_final, now=self._vad.now)
+                if actions:
+                    await self._apply(actions)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("STT failed", extra=self._extra)
+            self._spawn_end(EndReason.ERROR, f"stt: {exc}")
+
+    # -- actions ------------------------------------------------------------------------------
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Finalize():
+                    assert self._stt is not None
+                    await self._stt.finalize()
+                case Respond(text):
+                    self.context.add(Message("user", text))
+                    metrics = self._pending
+                    metrics.turn_committed = self._clock.now()
+                    self._pending = TurnMetrics()
+                    self._start_reply(metrics=metrics)
+                case StopAudio():
+                    if self._turn_metrics is not None:
+                        self._turn_metrics.interrupted_at = self._clock.now()
+                    await self._playout.pause()
+                case ResumeAudio():
+                    self._playout.resume()
+                case AbandonReply():
+                    await self._abandon_reply()
+
+    def _start_reply(self, *, metrics: TurnMetrics | None = None, script: str | None = None) -> None:
+        metrics = metrics or TurnMetrics()
+        self._turn_metrics = metrics
+        self.record.turns.append(metrics)
+        self._reply_task = asyncio.create_task(self._reply(metrics, script), name=f"reply-{self.call_id}")
+
+    async def _reply(self, metrics: TurnMetrics, script: str | None) -> None:
+        try:
+            await self._responder.reply(metrics, script)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A provider failed mid-reply: the caller keeps the floor, the call goes on.
+            log.exception("reply failed", extra=self._extra)
+            self.record.end_detail = f"reply failed: {exc}"
+            self._playout.end()
+
+    async def _abandon_reply(self) -> None:
+        task, self._reply_task = self._reply_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._playout.abandon()
+        if task is not None:
+            self._responder.truncate_to_heard()
+        self._turn_metrics = None
+
+    # -- playout listener ---------------------------------------------------------------------
+
+    def playout_started(self) -> None:
+        if self._turn_metrics is not None:
+            self._turn_metrics.mark("first_audio_sent", self._clock.now())
+        self._turns.reply_audio_started()
+
+    def playout_finished(self) -> None:
+        self._turns.reply_finished()
+        self._turn_metrics = None
+        if self._hangup_reason is not None:
+            self._spawn_end(EndReason.AGENT_HANGUP, self._hangup_reason)
+
+    # -- CallControl (tools) ------------------------------------------------------------------
+
+    def request_hangup(self, reason: str) -> None:
+        self._hangup_reason = reason
+        if self._turns.state is TurnState.LISTENING:
+            self._spawn_end(EndReason.AGENT_HANGUP, reason)
+
+    def _spawn_end(self, reason: EndReason, detail: str) -> None:
+        if self.status is CallStatus.ACTIVE and self._end_task is None:
+            self._end_task = asyncio.create_task(self.end(reason, detail), name=f"end-{self.call_id}")

@@ -1,0 +1,37 @@
+"""What is kept of a call once it is over."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringline.engine.metrics import TurnMetrics
+
+
+class EndReason(enum.Enum):
+    CALLER_HANGUP = "caller_hangup"
+    """The provider said the stream stopped (the caller hung up)."""
+    AGENT_HANGUP = "agent_hangup"
+    """The agent ended the call (``end_call`` tool)."""
+    TRANSPORT_CLOSED = "transport_closed"
+    """The media socket closed without a stop (network drop, provider crash)."""
+    PROTOCOL_ERROR = "protocol_error"
+    """The provider kept sending malformed messages."""
+    SERVER_SHUTDOWN = "server_shutdown"
+    ERROR = "error"
+    """A bug or an unrecoverable provider failure; see the log for the call id."""
+
+
+@dataclass(slots=True)
+class CallRecord:
+    call_id: str
+    agent: str
+    started_at: float
+    ended_at: float | None = None
+    end_reason: EndReason | None = None
+    end_detail: str = ""
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[TurnMetrics] = field(default_factory=list)
+    protocol_errors: int = 0
+    underruns: int = 0

@@ -1,0 +1,56 @@
+"""Live calls by id, and the most recent finished ones.
+
+In-process implementation; a Redis-backed one routes control commands across nodes (later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from ringline.engine.call import Call
+from ringline.engine.errors import RinglineError
+from ringline.engine.record import CallRecord, EndReason
+
+log = logging.getLogger(__name__)
+
+
+class DuplicateCallError(RinglineError):
+    """A provider started a stream for a call id that is already live."""
+
+
+class CallRegistry:
+    def __init__(self, keep_finished: int = 1000) -> None:
+        self._live: dict[str, Call] = {}
+        self.finished: deque[CallRecord] = deque(maxlen=keep_finished)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, call: Call) -> None:
+        if call.call_id in self._live:
+            raise DuplicateCallError(f"call {call.call_id} is already live")
+        self._live[call.call_id] = call
+
+    def get(self, call_id: str) -> Call | None:
+        return self._live.get(call_id)
+
+    def finish(self, call: Call) -> None:
+        if self._live.pop(call.call_id, None) is not None:
+            self.finished.append(call.record)
+
+    def find_record(self, call_id: str) -> CallRecord | None:
+        return next((r for r in reversed(self.finished) if r.call_id == call_id), None)
+
+    async def end_all(self, reason: EndReason, grace: float) -> None:
+        """End every live call (graceful shutdown), giving up after ``grace`` seconds."""
+        calls = list(self._live.values())
+        if not calls:
+            return
+        log.info("ending %d live calls: %s", len(calls), reason.value)
+        results = asyncio.gather(*(c.end(reason) for c in calls), return_exceptions=True)
+        try:
+            await asyncio.wait_for(results, grace)
+        except TimeoutError:
+            log.error("%d calls did not end within %.1f s", len(self._live), grace)

@@ -1,0 +1,195 @@
+"""One reply: LLM text -> phrases -> TTS -> playout, with tool calls in between.
+
+``Responder.reply()`` runs as a task the call owns; cancelling it abandons the reply. Whatever
+happens, the context ends up holding what the caller actually heard of the reply
+(``truncate_to_heard``) and every tool result, even of tools that finish after an interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.resample import AudioConverter
+from ringline.engine.chunker import PhraseChunker
+from ringline.engine.llm.base import Context, Llm, Message, TextDelta, ToolCall
+from ringline.engine.metrics import TurnMetrics
+from ringline.engine.playout import Playout
+from ringline.engine.tools import CallControl, ToolRegistry
+from ringline.engine.tts.base import Tts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Phrase:
+    message: Message
+    text: str
+
+
+class ToolRunner:
+    """Runs tool calls as tasks owned by the call, not by the reply: an interrupted reply does not
+    cancel its tools, and their results still reach the context."""
+
+    def __init__(self, registry: ToolRegistry, context: Context, control: CallControl) -> None:
+        self._registry = registry
+        self._context = context
+        self._control = control
+        self._tasks: set[asyncio.Task[str]] = set()
+
+    def start(self, call: ToolCall) -> asyncio.Task[str]:
+        task = asyncio.create_task(self._registry.run(call, self._control), name=f"tool-{call.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def commit_when_done(self, call: ToolCall, task: asyncio.Task[str]) -> None:
+        """Add the tool's result to the context as soon as it is known."""
+
+        def commit(done: asyncio.Task[str]) -> None:
+            if not done.cancelled():
+                self._context.add_tool_result(call, done.result())
+
+        if task.done():
+            commit(task)
+        else:
+            task.add_done_callback(commit)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Responder:
+    def __init__(
+        self,
+        *,
+        llm: Llm,
+        tts: Tts,
+        registry: ToolRegistry,
+        tools: ToolRunner,
+        context: Context,
+        playout: Playout,
+        clock: Clock,
+        max_tool_rounds: int,
+        call_id: str,
+    ) -> None:
+        self._llm = llm
+        self._tts = tts
+        self._registry = registry
+        self._tools = tools
+        self._context = context
+        self._playout = playout
+        self._clock = clock
+        self._max_rounds = max_tool_rounds
+        self._call_id = call_id
+        self._phrases: list[_Phrase] = []
+        self._messages: list[Message] = []
+
+    async def reply(self, metrics: TurnMetrics, script: str | None = None) -> None:
+        """Speak a reply: from the LLM, or ``script`` verbatim (first message, ``say``)."""
+        self._phrases = []
+        self._messages = []
+        self._playout.begin()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak(queue, metrics), name=f"tts-{self._call_id}")
+        try:
+            if script is None:
+                await self._think(queue, metrics)
+            else:
+                message = self._commit(Message("assistant", script))
+                self._enqueue(queue, message, PhraseChunker(), script, final=True)
+            queue.put_nowait(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                await asyncio.gather(speaker, return_exceptions=True)
+
+    async def _think(self, queue: asyncio.Queue[str | None], metrics: TurnMetrics) -> None:
+        tools = self._registry.tools
+        for _ in range(self._max_rounds):
+            message = Message("assistant", "")
+            chunker = PhraseChunker()
+            calls: list[tuple[ToolCall, asyncio.Task[str]]] = []
+            try:
+                async for event in self._llm.stream(self._context, tools):
+                    metrics.mark("llm_first_token", self._clock.now())
+                    if isinstance(event, TextDelta):
+                        message.content += event.text
+                        self._enqueue(queue, message, chunker, event.text, final=False)
+                    else:
+                        calls.append((event, self._tools.start(event)))
+                        message.tool_calls += (event,)
+                self._enqueue(queue, message, chunker, "", final=True)
+            finally:
+                # Also when interrupted: the context keeps the call, results land when ready.
+                if message.content or message.tool_calls:
+                    self._commit(message)
+                for call, task in calls:
+                    self._tools.commit_when_done(call, task)
+            if not calls:
+                return
+            await asyncio.shield(asyncio.gather(*(task for _, task in calls)))
+            if any(self._registry.ends_reply(call.name) for call, _ in calls):
+                return
+        log.warning("tool rounds exhausted (%d)", self._max_rounds, extra={"call_id": self._call_id})
+
+    def _commit(self, message: Message) -> Message:
+        self._messages.append(message)
+        return self._context.add(message)
+
+    def _enqueue(
+        self, queue: asyncio.Queue[str | None], message: Message, chunker: PhraseChunker, text: str, *, final: bool
+    ) -> None:
+        phrases = chunker.feed(text)
+        if final and (tail := chunker.flush()):
+            phrases.append(tail)
+        for phrase in phrases:
+            self._phrases.append(_Phrase(message, phrase))
+            queue.put_nowait(phrase)
+
+    async def _speak(self, queue: asyncio.Queue[str | None], metrics: TurnMetrics) -> None:
+        async def phrases() -> AsyncIterator[str]:
+            while (phrase := await queue.get()) is not None:
+                yield phrase
+
+        playout = self._playout
+        converter: AudioConverter | None = None
+        phrase = 0
+        async for audio in self._tts.stream(phrases(), playout.format):
+            metrics.mark("tts_first_audio", self._clock.now())
+            if converter is None or converter.src != audio.chunk.format:
+                if converter is not None:
+                    playout.push(converter.flush(), phrase)
+                converter = AudioConverter(audio.chunk.format, playout.format)
+            phrase = audio.phrase
+            playout.push(converter.convert(audio.chunk.data), phrase)
+        if converter is not None:
+            playout.push(converter.flush(), phrase)
+        playout.end()
+
+    def truncate_to_heard(self) -> None:
+        """Rewrite this reply's assistant messages to what the caller heard of them."""
+        fractions = self._playout.heard_fractions()
+        heard: dict[int, list[str]] = {id(m): [] for m in self._messages}
+        for i, phrase in enumerate(self._phrases):
+            fraction = fractions[i] if i < len(fractions) else 0.0
+            words = phrase.text.split()
+            if keep := len(words) if fraction >= 1.0 else int(len(words) * fraction):
+                heard[id(phrase.message)].append(" ".join(words[:keep]))
+        for message in self._messages:
+            spoken = _join(heard[id(message)])
+            message.interrupted = spoken != _join([message.content])
+            message.content = spoken
+            if not spoken and not message.tool_calls:
+                self._context.messages[:] = [m for m in self._context.messages if m is not message]
+
+
+def _join(parts: list[str]) -> str:
+    return re.sub(r"\s+", " ", " ".join(parts)).strip()

@@ -1,0 +1,81 @@
+"""Scripted STT for tests and benchmarks: each utterance (speech, then ``finalize``) yields the next
+scripted transcript after a set latency. Speech is told from silence by frame energy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+from ringline.config.settings import FakeSttConfig
+from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.formats import AudioFormat, Encoding
+from ringline.engine.stt.base import Transcript
+
+_SPEECH_PEAK = 1000  # PCM16 peak above which a frame counts as sound
+
+
+class FakeStt:
+    def __init__(self, config: FakeSttConfig, clock: Clock) -> None:
+        self._config = config
+        self._clock = clock
+
+    async def open(self, offered: AudioFormat) -> FakeSttSession:
+        return FakeSttSession(self._config, self._clock, AudioFormat(Encoding.PCM16, offered.sample_rate))
+
+
+class FakeSttSession:
+    def __init__(self, config: FakeSttConfig, clock: Clock, fmt: AudioFormat) -> None:
+        self._config = config
+        self._clock = clock
+        self.format = fmt
+        self._utterance = 0
+        self._sound_bytes = 0
+        self._interim_bytes = fmt.bytes_for(int(config.interim_after_ms)) or 1
+        self._interim_sent = False
+        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def _scripted(self) -> str:
+        script = self._config.transcripts
+        return script[self._utterance] if self._utterance < len(script) else self._config.fallback
+
+    async def send(self, audio: bytes) -> None:
+        samples = np.frombuffer(audio, dtype=np.int16)
+        if samples.size and max(samples.max(), -int(samples.min())) > _SPEECH_PEAK:
+            self._sound_bytes += len(audio)
+            if not self._interim_sent and self._sound_bytes >= self._interim_bytes:
+                self._interim_sent = True
+                words = self._scripted().split()
+                if words:
+                    self._queue.put_nowait(Transcript(" ".join(words[: max(1, len(words) // 2)]), False))
+
+    async def finalize(self) -> None:
+        if not self._sound_bytes:
+            self._queue.put_nowait(Transcript("", True))
+            return
+        text = self._scripted()
+        self._utterance += 1
+        self._sound_bytes = 0
+        self._interim_sent = False
+        if self._config.final_latency_ms:
+            deliver_at = self._clock.now() + self._config.final_latency_ms / 1000
+            task = asyncio.create_task(self._deliver(Transcript(text, True), deliver_at))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        else:
+            self._queue.put_nowait(Transcript(text, True))
+
+    async def _deliver(self, transcript: Transcript, at: float) -> None:
+        await self._clock.sleep_until(at)
+        self._queue.put_nowait(transcript)
+
+    async def __aiter__(self) -> AsyncIterator[Transcript]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def aclose(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self._queue.put_nowait(None)

@@ -1,0 +1,35 @@
+"""The seam between a call and whatever carries its audio."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ringline.engine.audio.formats import AudioFormat
+
+
+class MediaTransport(Protocol):
+    """Outbound half of a provider socket, RTP session or WebRTC track.
+
+    Inbound events are pushed to the call by the adapter that owns the socket; the call only
+    ever talks back through this interface. Sends never raise on a closed peer: a transport
+    that has gone away drops what it is given (the adapter ends the call).
+    """
+
+    @property
+    def format(self) -> AudioFormat:
+        """Wire format of audio in both directions."""
+        ...
+
+    async def send_audio(self, payload: bytes) -> None: ...
+
+    async def mark(self, name: str) -> None:
+        """Ask to be told (``MarkPlayed``) when everything sent so far has been played."""
+        ...
+
+    async def clear(self) -> None:
+        """Drop audio buffered at the provider that has not been played yet."""
+        ...
+
+    async def hangup(self) -> None:
+        """End the media stream from our side."""
+        ...

@@ -1,0 +1,210 @@
+"""Turn-taking: who has the floor, as an explicit state machine. Sans-IO.
+
+Inputs are VAD speech edges, STT transcripts and playout progress, all stamped with media time
+(seconds of inbound audio), plus ``tick(now)`` once per inbound frame. Each input returns the
+actions the call must carry out, in order.
+
+    LISTENING --speech--> USER_SPEAKING --silence long enough + final--> THINKING
+    THINKING --first reply audio--> AGENT_SPEAKING --reply heard--> LISTENING
+    THINKING --caller speaks (min_speech)--> USER_SPEAKING       (reply abandoned unheard)
+    AGENT_SPEAKING --caller speaks (min_speech[, min_words])--> INTERRUPTED  (audio stopped)
+    INTERRUPTED --words--> USER_SPEAKING                          (reply truncated to what was heard)
+    INTERRUPTED --no words after the speech--> AGENT_SPEAKING    (false interruption: resume)
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from ringline.config.settings import InterruptionConfig, TurnConfig
+from ringline.engine.vad.endpoint import required_silence
+
+log = logging.getLogger(__name__)
+
+
+class TurnState(enum.Enum):
+    LISTENING = "listening"
+    USER_SPEAKING = "user_speaking"
+    THINKING = "thinking"
+    AGENT_SPEAKING = "agent_speaking"
+    INTERRUPTED = "interrupted"
+
+
+# -- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    """Ask the STT for a final transcript of the audio so far (the caller paused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """The caller's turn is over: commit ``text`` as their message and start a reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopAudio:
+    """Barge-in: stop the agent's audio now (clear the provider buffer), keep the reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeAudio:
+    """False interruption: carry on speaking from where the caller stopped hearing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonReply:
+    """The caller took the floor: cancel the reply and keep only what they heard of it."""
+
+
+Action = Finalize | Respond | StopAudio | ResumeAudio | AbandonReply
+
+
+class TurnTaker:
+    def __init__(self, turn: TurnConfig, interruption: InterruptionConfig) -> None:
+        self._turn = turn
+        self._barge = interruption
+        self.state = TurnState.LISTENING
+        self._finals: list[str] = []
+        self._interim = ""
+        self._speaking_since: float | None = None
+        """Media time the caller's current speech started; None while they are silent."""
+        self._silent_since: float | None = None
+        """Media time the caller's last speech ended, while a turn is pending."""
+        self._awaiting_final = False
+        self._heard_words = False
+        """Words were transcribed since the caller started talking over the agent."""
+
+    def _set_state(self, new: TurnState) -> None:
+        log.debug("turn %s -> %s", self.state.value, new.value)
+        self.state = new
+
+    @property
+    def text(self) -> str:
+        """The caller's pending turn so far: finals, then the latest interim."""
+        parts = [*self._finals, self._interim] if self._interim else self._finals
+        return " ".join(p for p in parts if p)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def speech_started(self, at: float) -> list[Action]:
+        self._speaking_since = at
+        self._silent_since = None
+        if self.state is TurnState.LISTENING:
+            self._set_state(TurnState.USER_SPEAKING)
+        elif self.state is TurnState.INTERRUPTED:
+            self._heard_words = False
+        return []
+
+    def speech_stopped(self, at: float) -> list[Action]:
+        self._speaking_since = None
+        if self.state is TurnState.AGENT_SPEAKING:
+            # Too short to interrupt ("mm-hm", a cough): not a turn, forget it.
+            self._finals.clear()
+            self._interim = ""
+            return []
+        self._silent_since = at
+        self._awaiting_final = True
+        return [Finalize()]
+
+    def transcript(self, text: str, *, final: bool, now: float) -> list[Action]:
+        text = text.strip()
+        if self.state is TurnState.AGENT_SPEAKING and self._speaking_since is None:
+            return []  # the tail of a sound that did not interrupt
+        if final:
+            self._awaiting_final = False
+            self._interim = ""
+            if text:
+                self._finals.append(text)
+        else:
+            self._interim = text
+        if text and self.state in (TurnState.AGENT_SPEAKING, TurnState.INTERRUPTED):
+            self._heard_words = True
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Called once per inbound frame (and after each transcript) with the media time."""
+        state = self.state
+        if state is TurnState.USER_SPEAKING:
+            return self._maybe_end_turn(now)
+        if state is TurnState.THINKING:
+            if self._speaking_for(now) >= self._barge.min_speech_ms / 1000:
+                self._set_state(TurnState.USER_SPEAKING)
+                return [AbandonReply()]
+            return []
+        if state is TurnState.AGENT_SPEAKING:
+            return self._maybe_interrupt(now)
+        if state is TurnState.INTERRUPTED:
+            return self._settle_interruption(now)
+        return []
+
+    def reply_audio_started(self) -> list[Action]:
+        if self.state is TurnState.THINKING:
+            self._set_state(TurnState.AGENT_SPEAKING)
+        return []
+
+    def reply_finished(self) -> list[Action]:
+        """The caller has heard the whole reply (or it had nothing to say)."""
+        if self.state in (TurnState.THINKING, TurnState.AGENT_SPEAKING):
+            self._set_state(TurnState.USER_SPEAKING if self._speaking_since is not None else TurnState.LISTENING)
+        return []
+
+    def agent_speaks(self) -> list[Action]:
+        """The agent takes the floor on its own (first message, an operator's ``say``)."""
+        if self.state is TurnState.LISTENING:
+            self._set_state(TurnState.THINKING)
+        return []
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def _speaking_for(self, now: float) -> float:
+        return now - self._speaking_since if self._speaking_since is not None else 0.0
+
+    def _maybe_end_turn(self, now: float) -> list[Action]:
+        if self._silent_since is None:
+            return []
+        silence = now - self._silent_since
+        text = self.text
+        if self._awaiting_final and silence < required_silence(text, self._turn) + self._turn.final_timeout_ms / 1000:
+            return []
+        if silence < required_silence(text, self._turn):
+            return []
+        self._finals.clear()
+        self._interim = ""
+        self._silent_since = None
+        self._awaiting_final = False
+        if not text:  # speech without words: noise, not a turn
+            self._set_state(TurnState.LISTENING)
+            return []
+        self._set_state(TurnState.THINKING)
+        return [Respond(text)]
+
+    def _maybe_interrupt(self, now: float) -> list[Action]:
+        barge = self._barge
+        if not barge.enabled or self._speaking_for(now) < barge.min_speech_ms / 1000:
+            return []
+        if barge.min_words and len(self.text.split()) < barge.min_words:
+            return []
+        self._heard_words = bool(self.text)
+        self._set_state(TurnState.INTERRUPTED)
+        return [StopAudio()]
+
+    def _settle_interruption(self, now: float) -> list[Action]:
+        if self._heard_words:
+            self._set_state(TurnState.USER_SPEAKING)
+            return [AbandonReply(), *self._maybe_end_turn(now)]
+        if self._silent_since is None:
+            return []
+        if self._awaiting_final and now - self._silent_since < self._barge.false_interruption_timeout_ms / 1000:
+            return []
+        # The speech ended and its final came back empty (or never came): it was noise.
+        self._finals.clear()
+        self._interim = ""
+        self._silent_since = None
+        self._set_state(TurnState.AGENT_SPEAKING)
+        return [ResumeAudio()]

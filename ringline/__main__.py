@@ -1,0 +1,5 @@
+import sys
+
+from ringline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""``ringline``: run the server, or a demo call against it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ringline.engine.errors import ConfigError
+from ringline.logs import setup_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from ringline.api.app import make_app
+    from ringline.config.settings import load_settings
+
+    settings = load_settings(args.config)
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    app = make_app(settings)
+    print(f"ringline serving on http://{host}:{port} (media: ws://{host}:{port}/media/twilio)", flush=True)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        access_log=None,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from ringline.demo import run_demo
+
+    return uvloop.run(run_demo(config=args.config, out=Path(args.out)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ringline", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", type=Path, help="TOML settings file (default: built-in defaults)")
+    serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080; 0 picks one)")
+    serve.set_defaults(func=_serve)
+    demo = sub.add_parser("demo", help="one scripted call end to end, with a latency breakdown and a WAV")
+    demo.add_argument("--config", type=Path, help="TOML settings (default: the bundled demo agent)")
+    demo.add_argument("--out", default="ringline-demo.wav", help="stereo WAV: caller left, agent right")
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    setup_logging("WARNING" if args.command == "demo" and args.log_level == "INFO" else args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"ringline: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
