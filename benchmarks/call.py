@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 
 import aiohttp
-
 from ringline.benchmarks.script import CallerScript, CallResult
 from ringline.benchmarks.session import CallerSession
 
@@ -59,9 +58,7 @@ async def run_call(
 class _Line:
     """One call's socket: a clock task (this one) and a reader task it owns."""
 
-    def __init__(
-        self, ws: aiohttp.ClientWebSocketResponse, call: CallerSession, now: Callable[[], float]
-    ) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, call: CallerSession, now: Callable[[], float]) -> None:
         self._ws = ws
         self._call = call
         self._now = now

@@ -27,7 +27,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-
 from ringline.benchmarks.call import run_call
 from ringline.benchmarks.clips import CLIP_TEXTS, SPEECH_CLIPS, load_clip
 from ringline.benchmarks.load import LoadReport, run_load
@@ -100,7 +99,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", required=True, help="Media Streams WebSocket, e.g. ws://127.0.0.1:8080/media/twilio")
     p.add_argument("--calls", type=int, default=1, help="concurrent calls (default 1)")
     p.add_argument("--turns", type=int, default=3, help="utterances per call (default 3)")
-    p.add_argument("--ramp", type=float, default=None, help="seconds over which calls start (default 20 ms a call, at most 5 s)")
+    p.add_argument(
+        "--ramp", type=float, default=None, help="seconds over which calls start (default 20 ms a call, at most 5 s)"
+    )
     p.add_argument("--pause-ms", type=float, default=400.0, help="reply played out -> next utterance (default 400)")
     p.add_argument("--reply-timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
     p.add_argument("--greeting", action="store_true", help="the agent speaks first: wait for its greeting")

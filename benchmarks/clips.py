@@ -71,8 +71,7 @@ def parse_ulaw_wav(data: bytes) -> bytes:
             fmt = (tag, channels, rate, bits)
             if fmt != (WAVE_FORMAT_MULAW, 1, RATE, 8):
                 raise ClipError(
-                    f"want mu-law (tag 7) mono 8000 Hz 8-bit, got tag {tag} channels {channels} "
-                    f"rate {rate} bits {bits}"
+                    f"want mu-law (tag 7) mono 8000 Hz 8-bit, got tag {tag} channels {channels} rate {rate} bits {bits}"
                 )
         elif chunk_id == b"data":
             if fmt is None:
@@ -91,7 +90,6 @@ def load_clip(name: str) -> bytes:
 def speech_gaps_ms(ulaw: bytes, mode: int = 3) -> list[float]:
     """Lengths of the non-speech runs webrtcvad finds in ``ulaw``, in order, edges included."""
     import webrtcvad
-
     from ringline.benchmarks.recording import ulaw_to_pcm16
 
     vad = webrtcvad.Vad(mode)
@@ -118,8 +116,10 @@ def _check() -> int:
         longest = max(gaps, default=0.0)
         ok = longest <= MAX_GAP_MS
         bad += not ok
-        print(f"{'ok ' if ok else 'BAD'} {name:20} {len(audio) / RATE:5.2f} s  longest gap {longest:4.0f} ms"
-              f"  {spec.text!r}")
+        print(
+            f"{'ok ' if ok else 'BAD'} {name:20} {len(audio) / RATE:5.2f} s  longest gap {longest:4.0f} ms"
+            f"  {spec.text!r}"
+        )
     return 1 if bad else 0
 
 

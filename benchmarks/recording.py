@@ -44,9 +44,7 @@ class Recording:
         return len(self.caller) / RATE
 
 
-def build_recording(
-    caller_frames: list[bytes], agent_segments: list[tuple[float, bytes | bytearray]]
-) -> Recording:
+def build_recording(caller_frames: list[bytes], agent_segments: list[tuple[float, bytes | bytearray]]) -> Recording:
     """``caller_frames`` in send order (20 ms each); ``agent_segments`` as (start s, mu-law)."""
     caller = ulaw_to_pcm16(b"".join(caller_frames))
     end = len(caller)

@@ -21,7 +21,7 @@ import logging
 
 from ringline.benchmarks.playback import RATE, PlaybackBuffer
 from ringline.benchmarks.recording import build_recording
-from ringline.benchmarks.script import CallerScript, CallResult, EndReason, MarkEcho, Reply, Turn
+from ringline.benchmarks.script import CallerScript, CallResult, EndReason, MarkEcho, Turn
 from ringline.benchmarks.wire import (
     SILENCE,
     SILENCE_B64,
@@ -38,6 +38,9 @@ from ringline.benchmarks.wire import (
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.020
+# Frames within this much of their slot go out now: loop timers fire up to ~1 ms early, and a
+# wake-up that finds nothing due would cost as much as the frame itself.
+EARLY_S = 0.002
 MAX_PROTOCOL_ERRORS_KEPT = 10
 
 
@@ -111,7 +114,7 @@ class CallerSession:
         self._echo(self.buffer.due_marks(t), t, out)
         self._check_agent_stopped(t)
         self._check_reply_over(t)
-        while self._k * FRAME_S <= t:
+        while self._k * FRAME_S <= t + EARLY_S:
             self._advance_script(t, out)
             if self._phase is Phase.ENDED:
                 break

@@ -65,19 +65,21 @@ class StreamWriter:
         return '{"event":"connected","protocol":"Call","version":"1.0.0"}'
 
     def start(self, custom_parameters: dict[str, str]) -> str:
-        return orjson.dumps({
-            "event": "start",
-            "sequenceNumber": self._next(),
-            "streamSid": self.stream_sid,
-            "start": {
-                "accountSid": self.account_sid,
+        return orjson.dumps(
+            {
+                "event": "start",
+                "sequenceNumber": self._next(),
                 "streamSid": self.stream_sid,
-                "callSid": self.call_sid,
-                "tracks": ["inbound"],
-                "customParameters": custom_parameters,
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }).decode()
+                "start": {
+                    "accountSid": self.account_sid,
+                    "streamSid": self.stream_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": custom_parameters,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+        ).decode()
 
     def media(self, frame_index: int, payload_b64: str) -> str:
         """Frame ``frame_index`` (0-based) of the stream: chunk k+1, timestamp k*20 ms."""
@@ -85,28 +87,34 @@ class StreamWriter:
         return self._media % (self.seq, frame_index + 1, frame_index * 20, payload_b64)
 
     def dtmf(self, digit: str) -> str:
-        return orjson.dumps({
-            "event": "dtmf",
-            "streamSid": self.stream_sid,
-            "sequenceNumber": self._next(),
-            "dtmf": {"track": "inbound_track", "digit": digit},
-        }).decode()
+        return orjson.dumps(
+            {
+                "event": "dtmf",
+                "streamSid": self.stream_sid,
+                "sequenceNumber": self._next(),
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        ).decode()
 
     def mark(self, name: str) -> str:
-        return orjson.dumps({
-            "event": "mark",
-            "sequenceNumber": self._next(),
-            "streamSid": self.stream_sid,
-            "mark": {"name": name},
-        }).decode()
+        return orjson.dumps(
+            {
+                "event": "mark",
+                "sequenceNumber": self._next(),
+                "streamSid": self.stream_sid,
+                "mark": {"name": name},
+            }
+        ).decode()
 
     def stop(self) -> str:
-        return orjson.dumps({
-            "event": "stop",
-            "sequenceNumber": self._next(),
-            "streamSid": self.stream_sid,
-            "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-        }).decode()
+        return orjson.dumps(
+            {
+                "event": "stop",
+                "sequenceNumber": self._next(),
+                "streamSid": self.stream_sid,
+                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+            }
+        ).decode()
 
 
 @dataclass(frozen=True, slots=True)

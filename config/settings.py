@@ -61,6 +61,8 @@ class InterruptionConfig(_Model):
     """Caller speech this long (from its first voiced frame) stops the agent's audio."""
     min_words: int = Field(0, ge=0)
     """Also require this many transcribed words before stopping the agent (0: speech alone)."""
+    backchannel_words: tuple[str, ...] = ("mm-hm", "mhm", "mm", "hmm", "uh-huh", "yeah", "yep", "right", "okay", "ok")
+    """Words that acknowledge rather than interrupt: speech made only of these is not a barge-in."""
     false_interruption_timeout_ms: Ms = 1000
     """If the speech that stopped the agent yields no words within this time after it ends,
     it was noise: the agent resumes where the caller stopped hearing it."""

@@ -10,6 +10,7 @@ import asyncio
 import enum
 import logging
 import time
+from typing import Any
 
 from ringline.config.settings import AgentConfig
 from ringline.engine.audio.clock import Clock
@@ -163,10 +164,14 @@ class Call:
         record = self.record
         record.ended_at = time.time()
         record.underruns = self._playout.underruns
-        record.transcript = [
+        record.transcript = self.transcript()
+
+    def transcript(self) -> list[dict[str, Any]]:
+        """What was said so far, by whom; assistant turns cut short are marked ``interrupted``."""
+        return [
             {"role": m.role, "content": m.content, **({"interrupted": True} if m.interrupted else {})}
             for m in self.context.messages
-            if m.role in ("user", "assistant") and (m.content or m.role == "user")
+            if m.role in ("user", "assistant") and m.content
         ]
 
     # -- inbound ------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ class Playout:
     def heard_bytes(self) -> int:
         if self.state in (PlayoutState.PAUSED, PlayoutState.IDLE) or self._origin is None:
             return self._heard
-        estimate = int((self._clock.now() - self._origin) * self._bps)
+        estimate = round((self._clock.now() - self._origin) * self._bps)
         return max(self._heard, min(estimate, self._sent))
 
     def heard_fractions(self) -> list[float]:
@@ -220,10 +220,11 @@ class Playout:
                     await self._drained()
                 return
             now = self._clock.now()
-            play_at = now if self._origin is None else self._origin + self._sent / self._bps
-            if play_at < now:
-                if self._origin is not None and self._sent:
-                    self.underruns += 1
+            if self._origin is None:  # a reply starts (or resumes) playing now
+                self._origin = now - self._sent / self._bps
+            play_at = self._origin + self._sent / self._bps
+            if play_at < now:  # synthesis fell behind playback: slip the timeline
+                self.underruns += 1
                 self._origin = now - self._sent / self._bps
                 play_at = now
             send_at = play_at - self._lead

@@ -181,7 +181,7 @@ class Responder:
         for i, phrase in enumerate(self._phrases):
             fraction = fractions[i] if i < len(fractions) else 0.0
             words = phrase.text.split()
-            if keep := len(words) if fraction >= 1.0 else int(len(words) * fraction):
+            if keep := len(words) if fraction >= 1.0 else round(len(words) * fraction):
                 heard[id(phrase.message)].append(" ".join(words[:keep]))
         for message in self._messages:
             spoken = _join(heard[id(message)])

@@ -123,7 +123,7 @@ class TurnTaker:
                 self._finals.append(text)
         else:
             self._interim = text
-        if text and self.state in (TurnState.AGENT_SPEAKING, TurnState.INTERRUPTED):
+        if self.state in (TurnState.AGENT_SPEAKING, TurnState.INTERRUPTED) and self._has_words(text):
             self._heard_words = True
         return self.tick(now)
 
@@ -188,11 +188,19 @@ class TurnTaker:
         barge = self._barge
         if not barge.enabled or self._speaking_for(now) < barge.min_speech_ms / 1000:
             return []
-        if barge.min_words and len(self.text.split()) < barge.min_words:
+        if barge.min_words and len(self._words(self.text)) < barge.min_words:
             return []
-        self._heard_words = bool(self.text)
+        self._heard_words = self._has_words(self.text)
         self._set_state(TurnState.INTERRUPTED)
         return [StopAudio()]
+
+    def _words(self, text: str) -> list[str]:
+        """The words of ``text`` that are not backchannels ("mm-hm", "yeah")."""
+        ignore = self._barge.backchannel_words
+        return [w for w in (w.strip(".,?!;:\"'").lower() for w in text.split()) if w and w not in ignore]
+
+    def _has_words(self, text: str) -> bool:
+        return bool(self._words(text))
 
     def _settle_interruption(self, now: float) -> list[Action]:
         if self._heard_words:
@@ -202,7 +210,8 @@ class TurnTaker:
             return []
         if self._awaiting_final and now - self._silent_since < self._barge.false_interruption_timeout_ms / 1000:
             return []
-        # The speech ended and its final came back empty (or never came): it was noise.
+        # The speech ended and its final came back empty, only backchannels, or never came:
+        # it was noise or an acknowledgement, not a bid for the floor.
         self._finals.clear()
         self._interim = ""
         self._silent_since = None
