@@ -31,7 +31,13 @@ async def health(request: web.Request) -> web.Response:
 async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     calls = request.app[CALLS]
-    ws = web.WebSocketResponse(max_msg_size=settings.server.max_message_bytes)
+    server = settings.server
+    ws = web.WebSocketResponse(
+        max_msg_size=server.max_message_bytes,
+        receive_timeout=server.media_idle_timeout_s,
+        timeout=server.close_timeout_s,
+        compress=False,  # audio does not deflate; don't spend CPU trying
+    )
     await ws.prepare(request)
     clock = LoopClock()
     created: list[Call] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import sys
@@ -48,6 +49,7 @@ __all__ = [
     "run_call",
     "run_load",
     "write_stereo_wav",
+    "is_loopback_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def clip_script(
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -112,7 +114,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if not args.allow_remote and not _is_loopback(args.url):
+    if not args.allow_remote and not is_loopback_url(args.url):
         p.error(f"{args.url} is not a loopback address; pass --allow-remote to call it")
     for item in args.param:
         if "=" not in item:
@@ -146,6 +148,7 @@ async def _main(args: argparse.Namespace) -> LoadReport:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    gc.freeze()  # long-lived import-time objects: keep full collections short (they stall frames)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows

@@ -87,17 +87,22 @@ def load_clip(name: str) -> bytes:
     return parse_ulaw_wav((AUDIO_DIR / name).read_bytes())
 
 
-def speech_gaps_ms(ulaw: bytes, mode: int = 3) -> list[float]:
-    """Lengths of the non-speech runs webrtcvad finds in ``ulaw``, in order, edges included."""
+def vad_flags(ulaw: bytes, mode: int = 3) -> list[bool]:
+    """webrtcvad's verdict (``mode`` 0-3) on each whole 20 ms frame of ``ulaw``."""
     import webrtcvad
     from ringline.benchmarks.recording import ulaw_to_pcm16
 
     vad = webrtcvad.Vad(mode)
     pcm = ulaw_to_pcm16(ulaw).astype("<i2").tobytes()
+    return [vad.is_speech(pcm[i * 320 : (i + 1) * 320], RATE) for i in range(len(ulaw) // FRAME_BYTES)]
+
+
+def speech_gaps_ms(ulaw: bytes, mode: int = 3) -> list[float]:
+    """Lengths of the non-speech runs webrtcvad finds in ``ulaw``, in order, edges included."""
     gaps: list[float] = []
     run = 0
-    for i in range(len(ulaw) // FRAME_BYTES):
-        if vad.is_speech(pcm[i * 320 : (i + 1) * 320], RATE):
+    for speech in vad_flags(ulaw, mode):
+        if speech:
             if run:
                 gaps.append(run * 20.0)
             run = 0
@@ -112,13 +117,13 @@ def _check() -> int:
     bad = 0
     for name, spec in CLIPS.items():
         audio = load_clip(name)
-        gaps = speech_gaps_ms(audio)
-        longest = max(gaps, default=0.0)
-        ok = longest <= MAX_GAP_MS
+        flags = vad_flags(audio)
+        longest = max(speech_gaps_ms(audio), default=0.0)
+        ok = longest <= MAX_GAP_MS and flags[0] and flags[-1]
         bad += not ok
         print(
             f"{'ok ' if ok else 'BAD'} {name:20} {len(audio) / RATE:5.2f} s  longest gap {longest:4.0f} ms"
-            f"  {spec.text!r}"
+            f"  speech in first/last frame {flags[0]}/{flags[-1]}  {spec.text!r}"
         )
     return 1 if bad else 0
 

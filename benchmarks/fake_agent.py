@@ -53,6 +53,7 @@ class FakeCallRecord:
     replies_started: int = 0
     clears_sent: int = 0
     marks_sent: list[str] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set when the handler returned
 
     def of(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event]
@@ -62,12 +63,11 @@ class FakeAgent:
     def __init__(self, config: FakeAgentConfig | None = None) -> None:
         self.config = config or FakeAgentConfig()
         self.calls: list[FakeCallRecord] = []
-        self.finished = asyncio.Event()  # set whenever a connection handler returns
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/media/twilio", self.handle)
-        app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+        app.router.add_get("/health", _health)
         return app
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -78,8 +78,12 @@ class FakeAgent:
         try:
             await _FakeCall(ws, record, self.config).run()
         finally:
-            self.finished.set()
+            record.done.set()
         return ws
+
+
+async def _health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
 class _FakeCall:

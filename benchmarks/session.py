@@ -38,8 +38,9 @@ from ringline.benchmarks.wire import (
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.020
-# Frames within this much of their slot go out now: loop timers fire up to ~1 ms early, and a
-# wake-up that finds nothing due would cost as much as the frame itself.
+# Frames (and script steps) within this much of their time go out now: loop timers fire up to
+# ~1 ms early, a wake-up that finds nothing due costs as much as the frame itself, and float
+# sums of times must not push a step to the next frame.
 EARLY_S = 0.002
 MAX_PROTOCOL_ERRORS_KEPT = 10
 
@@ -220,10 +221,11 @@ class CallerSession:
 
     def _check_reply_over(self, t: float) -> None:
         reply = self._reply
-        if reply.last_at is None or reply.ended_at is not None or not self.buffer.idle(t):
+        due = t + EARLY_S
+        if reply.last_at is None or reply.ended_at is not None or not self.buffer.idle(due):
             return
         quiet_from = reply.last_at + self._end_s
-        if t >= quiet_from:
+        if due >= quiet_from:
             reply.played_until = self.buffer.end_time
             reply.ended_at = max(reply.played_until, quiet_from)
 
@@ -231,16 +233,17 @@ class CallerSession:
 
     def _advance_script(self, t: float, out: list[str]) -> None:
         """Start the next utterance or hang up, if it is time (between frames)."""
-        if t >= self.script.max_call_s:
+        due = t + EARLY_S
+        if due >= self.script.max_call_s:
             self._hang_up(t, EndReason.MAX_DURATION, out)
         elif self._phase is Phase.SPEAKING:
             return
         elif self._next_utt < len(self._utterances):
             start = self._next_start()
-            if start is not None and t >= start:
+            if start is not None and due >= start:
                 self._begin_utterance(t)
         else:
-            self._maybe_hang_up(t, out)
+            self._maybe_hang_up(t, due, out)
 
     def _next_start(self) -> float | None:
         """When the next utterance is due, if that is known yet."""
@@ -258,11 +261,11 @@ class CallerSession:
             return self._listen_since + script.reply_timeout_s
         return None
 
-    def _maybe_hang_up(self, t: float, out: list[str]) -> None:
+    def _maybe_hang_up(self, t: float, due: float, out: list[str]) -> None:
         script = self.script
         reply = self._reply
         if script.hangup_mid_reply_ms is not None and reply.first_at is not None:
-            if t >= reply.first_at + script.hangup_mid_reply_ms / 1000.0:
+            if due >= reply.first_at + script.hangup_mid_reply_ms / 1000.0:
                 self._hang_up(t, EndReason.HANGUP_MID_REPLY, out)
             return
         if reply.ended_at is not None:
@@ -272,9 +275,9 @@ class CallerSession:
         else:
             return
         if script.hangup_after_last_reply:
-            if t >= done_at:
+            if due >= done_at:
                 self._hang_up(t, EndReason.HANGUP, out)
-        elif t >= done_at + script.reply_timeout_s:
+        elif due >= done_at + script.reply_timeout_s:
             self._hang_up(t, EndReason.HANGUP, out)
 
     def _begin_utterance(self, t: float) -> None:

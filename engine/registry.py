@@ -24,6 +24,7 @@ class CallRegistry:
     def __init__(self, keep_finished: int = 1000) -> None:
         self._live: dict[str, Call] = {}
         self.finished: deque[CallRecord] = deque(maxlen=keep_finished)
+        self._waiters: dict[str, list[asyncio.Future[CallRecord]]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -39,6 +40,17 @@ class CallRegistry:
     def finish(self, call: Call) -> None:
         if self._live.pop(call.call_id, None) is not None:
             self.finished.append(call.record)
+            for waiter in self._waiters.pop(call.call_id, []):
+                if not waiter.done():
+                    waiter.set_result(call.record)
+
+    async def wait_finished(self, call_id: str) -> CallRecord:
+        """The record of ``call_id`` once it has finished (at once if it already has)."""
+        if call_id not in self._live and (record := self.find_record(call_id)) is not None:
+            return record
+        waiter: asyncio.Future[CallRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_id, []).append(waiter)
+        return await waiter
 
     def find_record(self, call_id: str) -> CallRecord | None:
         return next((r for r in reversed(self.finished) if r.call_id == call_id), None)

@@ -115,6 +115,9 @@ async def serve_twilio(ws: web.WebSocketResponse, make_call: CallFactory, *, max
         else:
             if ws.close_code is not None and ws.close_code >= 1002 and ws.close_code != 1005:
                 detail = f"socket closed with code {ws.close_code}"
+    except TimeoutError:
+        reason, detail = EndReason.TRANSPORT_CLOSED, "no message from the provider within the idle timeout"
+        log.warning("twilio: %s", detail, extra=extra)
     except asyncio.CancelledError:
         reason, detail = EndReason.SERVER_SHUTDOWN, "handler cancelled"
         raise
