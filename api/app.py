@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+
 from ringline.config.settings import Settings
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
+
 from ringline.benchmarks.call import run_call
 from ringline.benchmarks.clips import CLIP_TEXTS, SPEECH_CLIPS, load_clip
 from ringline.benchmarks.load import LoadReport, run_load

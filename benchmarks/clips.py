@@ -90,6 +90,7 @@ def load_clip(name: str) -> bytes:
 def vad_flags(ulaw: bytes, mode: int = 3) -> list[bool]:
     """webrtcvad's verdict (``mode`` 0-3) on each whole 20 ms frame of ``ulaw``."""
     import webrtcvad
+
     from ringline.benchmarks.recording import ulaw_to_pcm16
 
     vad = webrtcvad.Vad(mode)

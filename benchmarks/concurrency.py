@@ -47,6 +47,8 @@ COLUMNS = [
     ("max gap ms", "max_gap_ms", ".0f"),
     ("gaps>60ms", "gaps_over_60ms", "d"),
     ("caller late frames", "late_frames", "d"),
+    ("caller CPU %", "caller_cpu_pct", ".0f"),
+    ("host steal %", "host_steal_pct", ".1f"),
 ]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 from aiohttp import WSMsgType, web
+
 from ringline.benchmarks.clips import load_clip
 from ringline.benchmarks.recording import ULAW_TO_PCM16
 from ringline.benchmarks.wire import encode_frames
@@ -60,8 +61,9 @@ class FakeCallRecord:
 
 
 class FakeAgent:
-    def __init__(self, config: FakeAgentConfig | None = None) -> None:
+    def __init__(self, config: FakeAgentConfig | None = None, *, keep_records: bool = True) -> None:
         self.config = config or FakeAgentConfig()
+        self.keep_records = keep_records  # False for a long-running server: forget ended calls
         self.calls: list[FakeCallRecord] = []
 
     def app(self) -> web.Application:
@@ -79,6 +81,8 @@ class FakeAgent:
             await _FakeCall(ws, record, self.config).run()
         finally:
             record.done.set()
+            if not self.keep_records:
+                self.calls.remove(record)
         return ws
 
 
@@ -189,7 +193,7 @@ def main() -> None:
     config = FakeAgentConfig(reply_audio=load_clip("thanks.wav"), reply_s=args.reply_s, eot_silence_ms=args.eot_ms)
 
     async def serve() -> None:
-        runner = web.AppRunner(FakeAgent(config).app())
+        runner = web.AppRunner(FakeAgent(config, keep_records=False).app())
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
         print(f"fake agent on ws://{args.host}:{args.port}/media/twilio", flush=True)

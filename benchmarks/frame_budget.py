@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import orjson
 import webrtcvad
+
 from ringline.engine.audio import (
     FRAME_MS,
     MULAW_8K,

@@ -14,8 +14,10 @@ grids do not line up), waits for all of them, and aggregates:
 - audio per wall second: sum of reply audio seconds / sum of reply spans, a span being first
   message arrival -> last message arrival + that message's audio. 1.0 is real time; below 1.0
   the server fell behind.
-- the caller's own health: late_frames (media frames sent 20 ms or more after their slot) and
-  the caller process's CPU %, to tell a slow server from a saturated caller.
+- the caller's own health: late_frames (media frames sent 20 ms or more after their slot), the
+  caller process's CPU %, and the host's steal time (CPU the hypervisor gave to other guests, %
+  of all cores): late frames with a caller well under 100 % CPU point at the machine, not the
+  caller or the server.
 - with ``server_pid``: the server's CPU % = (user + system CPU seconds) / wall seconds over the
   steady window (all calls started -> the first call ended; the whole run if that window is
   under a second), RSS before the first call, peak RSS, and (peak - before) / n_calls.
@@ -32,7 +34,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import psutil
-from ringline.benchmarks.call import run_call
+
+from ringline.benchmarks.call import Metronome, run_call
 from ringline.benchmarks.script import CallerScript, CallResult
 
 MB = 1024 * 1024
@@ -63,6 +66,7 @@ class LoadReport:
     late_frames: int = 0
     max_send_lag_ms: float = 0.0
     caller_cpu_pct: float | None = None
+    host_steal_pct: float | None = None  # CPU time the hypervisor took, % of all cores, steady window
     steady_window_s: float | None = None
     server_pid: int | None = None
     server_cpu_pct: float | None = None
@@ -91,7 +95,8 @@ class LoadReport:
             f"max underrun {self.max_underrun_ms:.0f} ms; clears {self.clears}; "
             f"protocol errors {self.protocol_errors}",
             f"caller: late frames {self.late_frames}/{self.frames_sent}, "
-            f"max send lag {self.max_send_lag_ms:.1f} ms, CPU {_num(self.caller_cpu_pct, '.0f')} %",
+            f"max send lag {self.max_send_lag_ms:.1f} ms, CPU {_num(self.caller_cpu_pct, '.0f')} %; "
+            f"host steal {_num(self.host_steal_pct, '.1f')} %",
         ]
         if self.server_pid is not None:
             lines.append(
@@ -112,6 +117,7 @@ def _num(v: float | None, spec: str) -> str:
 class _Sample:
     t: float
     caller_cpu_s: float
+    steal_s: float  # all cores together
     server_cpu_s: float | None
     server_rss: int | None
 
@@ -133,7 +139,8 @@ class _Sampler:
                 t = self._server.cpu_times()
                 server_cpu = t.user + t.system
                 server_rss = self._server.memory_info().rss
-        self.samples.append(_Sample(loop.time(), mine.user + mine.system, server_cpu, server_rss))
+        steal = getattr(psutil.cpu_times(), "steal", 0.0)
+        self.samples.append(_Sample(loop.time(), mine.user + mine.system, steal, server_cpu, server_rss))
 
     async def run(self) -> None:
         while True:
@@ -175,7 +182,7 @@ async def run_load(
     rss_before = sampler.samples[0].server_rss
     done_at: list[float] = []
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http, Metronome() as metronome:
         t_start = loop.time()
 
         async def one(i: int) -> CallResult:
@@ -186,6 +193,7 @@ async def run_load(
                 session=http,
                 record=record_first and i == 0,
                 connect_timeout_s=connect_timeout_s,
+                metronome=metronome,
             )
             done_at.append(loop.time())
             return result
@@ -204,6 +212,8 @@ async def run_load(
     steady_start = t_start + ramp
     steady_end = min(done_at) if done_at else t_end
     report.caller_cpu_pct, _ = sampler.rate("caller_cpu_s", steady_start, steady_end)
+    steal, _ = sampler.rate("steal_s", steady_start, steady_end)
+    report.host_steal_pct = None if steal is None else steal / (psutil.cpu_count() or 1)
     if server_pid is not None:
         report.server_pid = server_pid
         report.server_cpu_pct, report.steady_window_s = sampler.rate("server_cpu_s", steady_start, steady_end)

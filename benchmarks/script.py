@@ -97,7 +97,7 @@ class MarkEcho:
     name: str
     received_at: float
     due_at: float  # playback point the mark was placed at (received_at if the buffer was idle)
-    echoed_at: float | None = None
+    echoed_at: float | None = None  # None: the call ended before playback reached it
 
 
 @dataclass(slots=True)

@@ -38,9 +38,10 @@ from ringline.benchmarks.wire import (
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.020
-# Frames (and script steps) within this much of their time go out now: loop timers fire up to
-# ~1 ms early, a wake-up that finds nothing due costs as much as the frame itself, and float
-# sums of times must not push a step to the next frame.
+# Frames, mark echoes and script steps within this much of their time happen now: loop timers
+# fire up to ~1 ms early, the adapter serves calls due within EARLY_S / 2 in one wake-up, a
+# wake-up that finds nothing due costs as much as a frame, and float sums of times must not push
+# a step to the next frame. (Twilio's own timing jitters by far more.)
 EARLY_S = 0.002
 MAX_PROTOCOL_ERRORS_KEPT = 10
 
@@ -112,7 +113,7 @@ class CallerSession:
         self._outbox = []
         if self._phase is Phase.ENDED:
             return out
-        self._echo(self.buffer.due_marks(t), t, out)
+        self._echo(self.buffer.due_marks(t + EARLY_S), t, out)
         self._check_agent_stopped(t)
         self._check_reply_over(t)
         while self._k * FRAME_S <= t + EARLY_S:
@@ -162,6 +163,9 @@ class CallerSession:
 
     def finish(self) -> CallResult:
         """The result; builds the recording if asked for. Call once the call is over."""
+        if self._pending_marks:  # placed but never echoed (the call ended first)
+            self.result.marks.extend(self._pending_marks)
+            self._pending_marks = []
         if self._record and self.result.recording is None:
             agent = [(s.start, s.audio) for s in self.buffer.segments if s.audio is not None]
             self.result.recording = build_recording(self._sent_frames, agent)

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from ringline.engine.errors import ConfigError
 
 Ms = Annotated[float, Field(ge=0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class VadConfig(_Model):
@@ -46,7 +47,20 @@ class TurnConfig(_Model):
     continuation_silence_ms: Ms = 1200
     """Silence that ends a turn whose transcript trails off (``and``, ``um``, a comma, ...)."""
     continuation_words: tuple[str, ...] = (
-        "and", "but", "or", "so", "because", "um", "uh", "er", "hmm", "like", "the", "a", "to", "of",
+        "and",
+        "but",
+        "or",
+        "so",
+        "because",
+        "um",
+        "uh",
+        "er",
+        "hmm",
+        "like",
+        "the",
+        "a",
+        "to",
+        "of",
     )
     """Trailing words that mean the caller is probably not done."""
     final_timeout_ms: Ms = 1500
@@ -131,11 +145,10 @@ class AgentConfig(_Model):
 
     @model_validator(mode="after")
     def _check_silences(self) -> AgentConfig:
-        shortest = min(self.turn.silence_ms, self.turn.sentence_end_silence_ms)
-        if shortest < self.vad.stop_ms:
-            raise ValueError(
-                f"turn silences ({shortest:g} ms) must be at least vad.stop_ms ({self.vad.stop_ms:g} ms)"
-            )
+        for name in ("silence_ms", "sentence_end_silence_ms", "continuation_silence_ms"):
+            value = getattr(self.turn, name)
+            if value < self.vad.stop_ms:
+                raise ValueError(f"turn.{name} ({value:g} ms) must be at least vad.stop_ms ({self.vad.stop_ms:g} ms)")
         return self
 
 
@@ -185,13 +198,11 @@ def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = 
                 data = tomllib.load(f)
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     try:
         return Settings.model_validate(data or {})
     except ValidationError as exc:
-        lines = [
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        ]
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()]
         where = f"config {path}" if path is not None else "config"
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from exc

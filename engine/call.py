@@ -74,7 +74,9 @@ class Call:
         self._pcm_format = AudioFormat(Encoding.PCM16, wire.sample_rate)
         self._framer = Framer(wire.bytes_for(FRAME_MS))
         self._frame_bytes = wire.bytes_for(FRAME_MS)
-        self._vad = VoiceActivity(agent.vad, WebRtcClassifier(agent.vad.aggressiveness, wire.sample_rate, agent.vad.energy_floor_dbfs))
+        self._vad = VoiceActivity(
+            agent.vad, WebRtcClassifier(agent.vad.aggressiveness, wire.sample_rate, agent.vad.energy_floor_dbfs)
+        )
         self._turns = TurnTaker(agent.turn, agent.interruption)
         self.context = Context(agent.system_prompt)
         self._registry = registry or default_registry()
@@ -202,13 +204,13 @@ class Call:
             self._last_voiced_at = self._clock.now()
         turns = self._turns
         if edge is None:
-            actions = turns.tick(vad.now)
+            actions = turns.tick(vad.now, vad.last_voiced_end)
         elif isinstance(edge, SpeechStarted):
-            actions = turns.speech_started(edge.at) + turns.tick(vad.now)
+            actions = turns.speech_started(edge.at) + turns.tick(vad.now, vad.last_voiced_end)
         else:
             assert isinstance(edge, SpeechStopped)
             self._pending = TurnMetrics(user_stopped=self._last_voiced_at)
-            actions = turns.speech_stopped(edge.at) + turns.tick(vad.now)
+            actions = turns.speech_stopped(edge.at) + turns.tick(vad.now, vad.last_voiced_end)
         if actions:
             await self._apply(actions)
         self._playout.poll()

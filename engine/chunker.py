@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 _SENTENCE = re.compile(r"[.!?\u2026]+[\"')\]]*\s")
-_CLAUSE = re.compile(r"[,;:\u2014]\s| - ")
+_CLAUSE = re.compile(r"[,;:]\s|\u2014\s?| - ")
 
 
 class PhraseChunker:
@@ -40,14 +40,16 @@ class PhraseChunker:
         return None
 
     def _cut(self) -> int | None:
+        """Where the next phrase ends: the earliest of the rules that applies (so that text fed
+        token by token is cut exactly as the same text fed at once)."""
         buf = self._buf
+        cuts = []
         if m := _SENTENCE.search(buf):
-            return m.end()
+            cuts.append(m.end())
         min_chars = self._first_min if self._emitted == 0 else self._min
-        for m in _CLAUSE.finditer(buf):
-            if m.start() >= min_chars:
-                return m.end()
+        if m := next((m for m in _CLAUSE.finditer(buf) if m.start() >= min_chars), None):
+            cuts.append(m.end())
         if len(buf) > self._max:
             space = buf.rfind(" ", 0, self._max)
-            return space + 1 if space > 0 else self._max
-        return None
+            cuts.append(space + 1 if space > 0 else self._max)
+        return min(cuts) if cuts else None

@@ -31,9 +31,9 @@ class TurnMetrics:
         """Each mark in milliseconds after the caller stopped speaking."""
         origin = self.user_stopped
         return {
-            f.name: None if origin is None or getattr(self, f.name) is None else round(
-                (getattr(self, f.name) - origin) * 1000, 1
-            )
+            f.name: None
+            if origin is None or getattr(self, f.name) is None
+            else round((getattr(self, f.name) - origin) * 1000, 1)
             for f in fields(self)
             if f.name != "user_stopped"
         }

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MARK_GRACE = 2.0
 """Seconds past the expected end of playback after which a missing final mark is given up on."""
 
+
 class PlayoutListener(Protocol):
     def playout_started(self) -> None:
         """The first frame of a reply went out."""

@@ -25,6 +25,7 @@ class CallRegistry:
         self._live: dict[str, Call] = {}
         self.finished: deque[CallRecord] = deque(maxlen=keep_finished)
         self._waiters: dict[str, list[asyncio.Future[CallRecord]]] = {}
+        self._live_waiters: dict[str, list[asyncio.Future[Call]]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -33,6 +34,17 @@ class CallRegistry:
         if call.call_id in self._live:
             raise DuplicateCallError(f"call {call.call_id} is already live")
         self._live[call.call_id] = call
+        for waiter in self._live_waiters.pop(call.call_id, []):
+            if not waiter.done():
+                waiter.set_result(call)
+
+    async def wait_live(self, call_id: str) -> Call:
+        """The call ``call_id`` once it is live (at once if it is)."""
+        if (call := self._live.get(call_id)) is not None:
+            return call
+        waiter: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+        self._live_waiters.setdefault(call_id, []).append(waiter)
+        return await waiter
 
     def get(self, call_id: str) -> Call | None:
         return self._live.get(call_id)

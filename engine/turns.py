@@ -23,6 +23,9 @@ from ringline.engine.vad.endpoint import required_silence
 
 log = logging.getLogger(__name__)
 
+_EPSILON = 1e-6
+"""Media times are multiples of 20 ms in floating point: compare durations with this slack."""
+
 
 class TurnState(enum.Enum):
     LISTENING = "listening"
@@ -76,7 +79,10 @@ class TurnTaker:
         """Media time the caller's current speech started; None while they are silent."""
         self._silent_since: float | None = None
         """Media time the caller's last speech ended, while a turn is pending."""
-        self._awaiting_final = False
+        self._voiced_until = 0.0
+        """Media time the caller's last voiced frame ended."""
+        self._finals_due = 0
+        """Finals asked for (``Finalize``) and not yet received."""
         self._heard_words = False
         """Words were transcribed since the caller started talking over the agent."""
 
@@ -103,21 +109,24 @@ class TurnTaker:
 
     def speech_stopped(self, at: float) -> list[Action]:
         self._speaking_since = None
-        if self.state is TurnState.AGENT_SPEAKING:
-            # Too short to interrupt ("mm-hm", a cough): not a turn, forget it.
+        if self.state in (TurnState.THINKING, TurnState.AGENT_SPEAKING):
+            # Too short to take the floor ("mm-hm", a cough): not a turn, forget it.
             self._finals.clear()
             self._interim = ""
             return []
         self._silent_since = at
-        self._awaiting_final = True
+        self._finals_due += 1
         return [Finalize()]
 
     def transcript(self, text: str, *, final: bool, now: float) -> list[Action]:
         text = text.strip()
-        if self.state is TurnState.AGENT_SPEAKING and self._speaking_since is None:
-            return []  # the tail of a sound that did not interrupt
         if final:
-            self._awaiting_final = False
+            self._finals_due = max(0, self._finals_due - 1)
+        if self.state in (TurnState.THINKING, TurnState.AGENT_SPEAKING) and self._speaking_since is None:
+            # The late final of a committed turn, or the tail of a sound that did not take the
+            # floor: neither belongs to the caller's next turn.
+            return []
+        if final:
             self._interim = ""
             if text:
                 self._finals.append(text)
@@ -127,13 +136,22 @@ class TurnTaker:
             self._heard_words = True
         return self.tick(now)
 
-    def tick(self, now: float) -> list[Action]:
-        """Called once per inbound frame (and after each transcript) with the media time."""
+    def tick(self, now: float, voiced_until: float | None = None) -> list[Action]:
+        """Called once per inbound frame (and after each transcript) with the media time.
+
+        ``voiced_until`` is where the caller's last voiced frame ended: speech counts toward
+        ``min_speech_ms`` only as far as it is voiced, not through the VAD's stop hysteresis.
+        Without it, all of the current speech so far counts as voiced.
+        """
+        if voiced_until is not None:
+            self._voiced_until = voiced_until
+        elif self._speaking_since is not None:
+            self._voiced_until = now
         state = self.state
         if state is TurnState.USER_SPEAKING:
             return self._maybe_end_turn(now)
         if state is TurnState.THINKING:
-            if self._speaking_for(now) >= self._barge.min_speech_ms / 1000:
+            if self._barge.enabled and self._speaking_for() >= self._barge.min_speech_ms / 1000:
                 self._set_state(TurnState.USER_SPEAKING)
                 return [AbandonReply()]
             return []
@@ -162,22 +180,25 @@ class TurnTaker:
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def _speaking_for(self, now: float) -> float:
-        return now - self._speaking_since if self._speaking_since is not None else 0.0
+    def _speaking_for(self) -> float:
+        """Voiced length of the caller's current speech (0 while they are silent)."""
+        if self._speaking_since is None:
+            return 0.0
+        return self._voiced_until - self._speaking_since + _EPSILON
 
     def _maybe_end_turn(self, now: float) -> list[Action]:
         if self._silent_since is None:
             return []
-        silence = now - self._silent_since
+        silence = now - self._silent_since + _EPSILON
         text = self.text
-        if self._awaiting_final and silence < required_silence(text, self._turn) + self._turn.final_timeout_ms / 1000:
+        if self._finals_due and silence < required_silence(text, self._turn) + self._turn.final_timeout_ms / 1000:
             return []
         if silence < required_silence(text, self._turn):
             return []
         self._finals.clear()
         self._interim = ""
         self._silent_since = None
-        self._awaiting_final = False
+        self._finals_due = 0  # finals still in flight belong to this turn: dropped on arrival
         if not text:  # speech without words: noise, not a turn
             self._set_state(TurnState.LISTENING)
             return []
@@ -186,7 +207,7 @@ class TurnTaker:
 
     def _maybe_interrupt(self, now: float) -> list[Action]:
         barge = self._barge
-        if not barge.enabled or self._speaking_for(now) < barge.min_speech_ms / 1000:
+        if not barge.enabled or self._speaking_for() < barge.min_speech_ms / 1000:
             return []
         if barge.min_words and len(self._words(self.text)) < barge.min_words:
             return []
@@ -208,7 +229,8 @@ class TurnTaker:
             return [AbandonReply(), *self._maybe_end_turn(now)]
         if self._silent_since is None:
             return []
-        if self._awaiting_final and now - self._silent_since < self._barge.false_interruption_timeout_ms / 1000:
+        silence = now - self._silent_since + _EPSILON
+        if self._finals_due and silence < self._barge.false_interruption_timeout_ms / 1000:
             return []
         # The speech ended and its final came back empty, only backchannels, or never came:
         # it was noise or an acknowledgement, not a bid for the floor.

@@ -111,8 +111,9 @@ class CallDriver:
     def __init__(self, agent: AgentConfig, registry: ToolRegistry | None = None) -> None:
         self.clock = FakeClock(1000.0)
         self.phone = Phone(self.clock)
-        self.call = Call("CA-test", "default", agent, self.phone, build_providers(agent, self.clock), self.clock,
-                         registry=registry)
+        self.call = Call(
+            "CA-test", "default", agent, self.phone, build_providers(agent, self.clock), self.clock, registry=registry
+        )
         self.phone.call = self.call
         self.speech_started_at: list[float] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 
 import pytest
+
 from ringline.engine.audio import (
     ALAW_8K,
     MULAW_8K,

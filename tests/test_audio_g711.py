@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from ringline.engine.audio import (
     ALAW_SILENCE,
     MULAW_SILENCE,

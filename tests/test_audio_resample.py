@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import soxr
+
 from ringline.engine.audio import (
     ALAW_8K,
     MULAW_8K,

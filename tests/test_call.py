@@ -60,7 +60,9 @@ async def test_reply_arrives_after_the_end_of_turn_silence(driver):
         ("assistant", "Sure, here is the answer"),
     ]
     breakdown = record.turns[0].breakdown_ms()
-    assert all(breakdown[k] is not None for k in ("stt_final", "llm_first_token", "tts_first_audio", "first_audio_sent"))
+    assert all(
+        breakdown[k] is not None for k in ("stt_final", "llm_first_token", "tts_first_audio", "first_audio_sent")
+    )
     assert breakdown["first_audio_sent"] == pytest.approx((first_audio - last) * 1000, abs=25)
 
 
@@ -79,7 +81,9 @@ async def test_caller_speaks_first_means_silence_until_they_do(driver):
 
 
 async def test_barge_in_clears_within_150_ms_and_truncates_to_what_was_heard(driver):
-    d = await driver(agent(**{"tts.seconds_per_phrase": 4.0, "llm.fallback": "one two three four five six seven eight"}))
+    d = await driver(
+        agent(**{"tts.seconds_per_phrase": 4.0, "llm.fallback": "one two three four five six seven eight"})
+    )
     await d.say(BOOK)
     await d.until(lambda: d.phone.media_times)
     await d.wait(1.0)  # a quarter of the reply heard
@@ -141,7 +145,9 @@ async def test_tool_result_feeds_the_next_llm_round(driver):
         return f"sunny in {args['city']}"
 
     registry.register(Tool("weather", "Weather for a city"), weather)
-    d = await driver(agent(**{"llm.replies": ['Let me check. [tool:weather {"city": "Oslo"}]', "It is sunny."]}), registry)
+    d = await driver(
+        agent(**{"llm.replies": ['Let me check. [tool:weather {"city": "Oslo"}]', "It is sunny."]}), registry
+    )
     await d.say(BOOK)
     await d.until(lambda: d.call.turn_state is TurnState.LISTENING and len(d.call.context.messages) >= 5)
     msgs = [(m.role, m.content) for m in d.call.context.messages[1:]]

@@ -9,6 +9,7 @@ import sys
 import wave
 
 import pytest
+
 from ringline.benchmarks import clips
 from ringline.benchmarks.clips import (
     CLIPS,

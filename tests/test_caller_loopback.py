@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp import web
+
 from ringline.benchmarks.caller import CallerScript, EndReason, Utterance, run_call, run_load, write_stereo_wav
 from ringline.benchmarks.clips import load_clip
 from ringline.benchmarks.fake_agent import FakeAgent, FakeAgentConfig

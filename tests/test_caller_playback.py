@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ringline.benchmarks.playback import PlaybackBuffer
 
 pytestmark = pytest.mark.timeout(5)

@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+
 from ringline.benchmarks.script import CallerScript, EndReason, Utterance
 from ringline.benchmarks.session import CallerSession, Phase
 from ringline.benchmarks.wire import SILENCE_B64, WireError, parse_server_message
@@ -186,6 +187,31 @@ def test_hang_up_mid_reply() -> None:
     assert sent[-1]["event"] == "stop"
     assert call.result.ended_by is EndReason.HANGUP_MID_REPLY
     assert call.result.duration_s == pytest.approx(0.4)
+
+
+def test_without_hangup_after_last_reply_the_caller_waits_for_the_agent_to_hang_up() -> None:
+    call = CallerSession(script(hangup_after_last_reply=False, reply_timeout_s=1.0, reply_end_silence_ms=300.0))
+    call.open(0.0)
+    run_until(call, 0.2)
+    call.receive(media(call, 0.1), 0.2)
+    sent = run_until(call, 1.49)  # the reply was over at 0.5
+    assert not call.done
+    sent = run_until(call, 1.52)
+    assert sent[-1]["event"] == "stop" and call.result.duration_s == pytest.approx(1.5)
+    assert call.result.ended_by is EndReason.HANGUP
+
+
+def test_max_call_s_bounds_a_call_the_agent_never_lets_end() -> None:
+    call = CallerSession(script(max_call_s=1.0))
+    call.open(0.0)
+    run_until(call, 0.2)
+    call.receive(media(call, 5.0), 0.2)  # a reply far longer than the call may last
+    call.receive(mark(call, "late"), 0.2)
+    sent = run_until(call, 1.1)
+    assert sent[-1]["event"] == "stop"
+    assert call.result.ended_by is EndReason.MAX_DURATION
+    result = call.finish()
+    assert [(m.name, m.echoed_at) for m in result.marks] == [("late", None)]
 
 
 def test_dtmf_digits_go_before_the_utterance_audio() -> None:

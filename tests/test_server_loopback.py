@@ -91,10 +91,10 @@ async def test_each_turn_gets_a_reply(serve):
 
 
 async def test_barge_in_clears_and_truncates(serve):
-    server = await serve(settings(**{"tts.seconds_per_phrase": 4.0, "llm.fallback": "one two three four five six seven eight"}))
-    result = await run_call(
-        server.ws_url, script(Utterance(BOOK), Utterance(PRICES, barge_in_after_ms=1000))
+    server = await serve(
+        settings(**{"tts.seconds_per_phrase": 4.0, "llm.fallback": "one two three four five six seven eight"})
     )
+    result = await run_call(server.ws_url, script(Utterance(BOOK), Utterance(PRICES, barge_in_after_ms=1000)))
     assert result.error is None
     assert result.clears == 1
     talked_over = result.turns[1]
@@ -107,7 +107,7 @@ async def test_barge_in_clears_and_truncates(serve):
     assert first_reply["role"] == "assistant" and first_reply["interrupted"] is True
     heard = first_reply["content"].split()
     assert 1 <= len(heard) <= 4  # about a second of four: the start of the reply, not all of it
-    assert heard == "one two three four five six seven eight".split()[: len(heard)]
+    assert heard == ["one", "two", "three", "four", "five", "six", "seven", "eight"][: len(heard)]
 
 
 async def test_false_interruption_does_not_clear_the_reply_for_good(serve):
@@ -158,7 +158,9 @@ async def _raw_socket(server: Server):
 
 
 def _start(stream="MZ0001", call="CA0001") -> str:
-    return orjson.dumps({"event": "start", "streamSid": stream, "start": {"streamSid": stream, "callSid": call}}).decode()
+    return orjson.dumps(
+        {"event": "start", "streamSid": stream, "start": {"streamSid": stream, "callSid": call}}
+    ).decode()
 
 
 async def test_malformed_messages_do_not_crash_the_server_and_the_next_call_works(serve):
@@ -219,11 +221,13 @@ async def test_socket_dropped_mid_reply_ends_the_call(serve):
 
 async def test_graceful_shutdown_ends_live_calls(serve):
     server = await serve(settings(**{"tts.seconds_per_phrase": 3.0}))
-    call = asyncio.create_task(run_call(server.ws_url, script(Utterance(BOOK), hangup_after_last_reply=False)))
-    while not server.calls._live:
-        await asyncio.sleep(0.01)
-    (live,) = server.calls._live.values()
-    await server.app.shutdown()
-    result = await asyncio.wait_for(call, 10)
-    assert result.ended_by is CallerEnd.SERVER_CLOSED
+    session, ws = await _raw_socket(server)
+    async with session:
+        await ws.send_str(_start("MZ0004", "CA0004"))
+        live = await asyncio.wait_for(server.calls.wait_live("CA0004"), 10)
+        await server.app.shutdown()
+        msg = await ws.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert live.record.end_reason is EndReason.SERVER_SHUTDOWN
+    record = await server.record("CA0004")
+    assert record is live.record

@@ -8,6 +8,7 @@ is taken. As the VAD does, speech edges are reported a little after the time the
 from __future__ import annotations
 
 import pytest
+
 from ringline.config.settings import InterruptionConfig, TurnConfig, VadConfig
 from ringline.engine.turns import (
     AbandonReply,
@@ -205,15 +206,15 @@ def test_resumed_speech_cancels_the_end_of_turn_and_text_accumulates() -> None:
     f.run(105)
     assert f.transcript("I need a table") == []
     assert f.speech_started(120) == []  # 400 ms into the 500 ms silence
-    assert f.run(300) == []  # the pending end of turn is gone while they talk
+    assert f.run(400) == []  # the pending end of turn is gone while they talk
     assert f.state is TurnState.USER_SPEAKING
     assert f.transcript("for", final=False) == []
     assert f.tt.text == "I need a table for"
-    assert f.speech_stopped(300) == [Finalize()]
-    f.run(310)
+    assert f.speech_stopped(400) == [Finalize()]
+    f.run(410)
     assert f.transcript("for two.") == []
     assert f.tt.text == "I need a table for two."
-    assert f.run(400) == [(315, Respond("I need a table for two."))]
+    assert f.run(500) == [(415, Respond("I need a table for two."))]
 
 
 def test_speech_with_an_empty_final_is_noise() -> None:
@@ -222,14 +223,15 @@ def test_speech_with_an_empty_final_is_noise() -> None:
     f.speech_stopped(100)
     f.run(105)
     assert f.transcript("") == []
-    assert f.states(125) == [TurnState.USER_SPEAKING] * 19 + [TurnState.LISTENING]  # plain silence at 125
+    # frames 109..125: the plain silence (no words, so no sentence end) ends at frame 125
+    assert f.states(125) == [TurnState.USER_SPEAKING] * 16 + [TurnState.LISTENING]
     assert f.run(300) == []
     # The next turn starts clean.
-    f.speech_started(300)
-    f.speech_stopped(350)
-    f.run(355)
+    f.speech_started(350)
+    f.speech_stopped(400)
+    f.run(405)
     assert f.transcript("Hello there.") == []
-    assert f.run(500) == [(365, Respond("Hello there."))]
+    assert f.run(500) == [(415, Respond("Hello there."))]
 
 
 def test_whitespace_only_final_is_noise() -> None:
@@ -271,19 +273,19 @@ def test_caller_speech_while_thinking_abandons_the_reply() -> None:
     f = thinking()
     assert f.speech_started(150) == []
     assert f.state is TurnState.THINKING
-    assert f.run(300) == [(160, AbandonReply())]  # 200 ms after the first voiced frame
+    assert f.run(400) == [(160, AbandonReply())]  # 200 ms after the first voiced frame
     assert f.state is TurnState.USER_SPEAKING
-    f.speech_stopped(300)
-    f.run(310)
+    f.speech_stopped(400)
+    f.run(410)
     f.transcript("Actually, for three.")
-    assert f.run(400) == [(315, Respond("Actually, for three."))]
+    assert f.run(500) == [(415, Respond("Actually, for three."))]
 
 
 def test_short_sound_while_thinking_keeps_the_reply() -> None:
     f = thinking()
     f.speech_started(150)
-    f.run(158)  # 160 ms of sound: under min_speech_ms
-    f.speech_stopped(158)
+    assert f.run(158) == []  # 160 ms of sound: under min_speech_ms
+    f.tt.speech_stopped(at(158))
     assert [a for _, a in f.run(400) if isinstance(a, AbandonReply | Respond)] == []
     assert f.state is TurnState.THINKING
 
@@ -320,10 +322,10 @@ def test_reply_finished_while_the_caller_talks_gives_them_the_floor() -> None:
     f.run(105)  # 100 ms: not an interruption yet
     assert f.tt.reply_finished() == []
     assert f.state is TurnState.USER_SPEAKING
-    assert f.speech_stopped(130) == [Finalize()]
-    f.run(140)
+    assert f.speech_stopped(150) == [Finalize()]
+    f.run(160)
     f.transcript("Thanks.")
-    assert f.run(200) == [(145, Respond("Thanks."))]
+    assert f.run(200) == [(165, Respond("Thanks."))]
 
 
 # -- barge-in --------------------------------------------------------------------------------------
@@ -359,11 +361,11 @@ def test_short_sound_transcript_is_ignored() -> None:
     assert f.tt.text == ""
     assert f.state is TurnState.AGENT_SPEAKING
     f.tt.reply_finished()
-    f.speech_started(300)
-    f.speech_stopped(350)
-    f.run(360)
+    f.speech_started(400)
+    f.speech_stopped(450)
+    f.run(460)
     f.transcript("What time?")
-    assert f.run(400) == [(365, Respond("What time?"))]
+    assert f.run(500) == [(465, Respond("What time?"))]
 
 
 def test_interim_words_after_barge_in_take_the_floor() -> None:
@@ -425,6 +427,7 @@ def test_speech_resuming_during_an_interruption_postpones_the_resume() -> None:
     assert f.state is TurnState.INTERRUPTED
     f.speech_stopped(300)
     f.run(310)
+    assert f.transcript("") == []  # one Finalize per pause: the resume waits for both finals
     assert f.transcript("") == [ResumeAudio()]
 
 
@@ -435,6 +438,43 @@ def test_resumed_agent_can_be_interrupted_again() -> None:
     assert f.transcript("") == [ResumeAudio()]
     f.speech_started(200)
     assert f.run(300) == [(210, StopAudio())]
+
+
+@pytest.mark.parametrize("ack", ["Mm-hm.", "yeah", "Okay, okay.", "uh-huh right", "MHM"])
+def test_backchannel_only_interruption_resumes(ack: str) -> None:
+    f = interrupted()
+    assert f.transcript(ack.split()[0], final=False) == []  # an acknowledgement, not a bid for the floor
+    assert f.state is TurnState.INTERRUPTED
+    assert f.speech_stopped(150) == [Finalize()]
+    f.run(160)
+    assert f.transcript(ack) == [ResumeAudio()]
+    assert f.state is TurnState.AGENT_SPEAKING
+    assert f.tt.text == ""
+
+
+def test_backchannel_followed_by_words_takes_the_floor() -> None:
+    f = interrupted()
+    assert f.transcript("yeah", final=False) == []
+    assert f.transcript("yeah but wait", final=False) == [AbandonReply()]
+    assert f.state is TurnState.USER_SPEAKING
+
+
+def test_backchannel_words_come_from_config() -> None:
+    barge = InterruptionConfig(min_speech_ms=200, false_interruption_timeout_ms=800, backchannel_words=("sure",))
+    f = agent_speaking(barge=barge)
+    f.speech_started(100)
+    assert f.run(110) == [(110, StopAudio())]
+    assert f.transcript("sure", final=False) == []
+    assert f.transcript("yeah", final=False) == [AbandonReply()]
+
+
+def test_min_words_does_not_count_backchannels() -> None:
+    f = agent_speaking(barge=InterruptionConfig(min_speech_ms=200, min_words=1, false_interruption_timeout_ms=800))
+    f.speech_started(100)
+    assert f.transcript("mm-hm yeah", final=False) == []
+    assert f.run(150) == []
+    assert f.state is TurnState.AGENT_SPEAKING
+    assert f.transcript("mm-hm yeah, stop", final=False) == [StopAudio()]
 
 
 def test_min_words_needs_words_before_stopping_the_audio() -> None:
@@ -487,38 +527,69 @@ def test_end_of_turn_fires_on_the_exact_frame_wherever_the_silence_starts() -> N
     assert late == []
 
 
+class Script:
+    """A classifier: ``lead`` unvoiced frames, ``voiced`` voiced ones, then unvoiced for ever."""
+
+    def __init__(self, lead: int, voiced: int) -> None:
+        self.lead, self.voiced = lead, voiced
+
+    def is_speech(self, frame: bytes) -> bool:
+        if self.lead:
+            self.lead -= 1
+            return False
+        self.voiced -= 1
+        return self.voiced >= 0
+
+
+def call_path(tt: TurnTaker, script: Script, frames: int, final: str | None) -> list[tuple[int, Action]]:
+    """Frames through the VAD into the turn-taker as ``Call._on_frame`` does; ``final`` is what
+    an instant STT answers to the Finalize. Returns (frame number from 1, action)."""
+    vad = VoiceActivity(VadConfig(), script)
+    out: list[tuple[int, Action]] = []
+    for k in range(1, frames + 1):
+        edge = vad.feed(b"")
+        actions: list[Action] = []
+        if isinstance(edge, SpeechStarted):
+            actions += tt.speech_started(edge.at)
+        elif isinstance(edge, SpeechStopped):
+            actions += tt.speech_stopped(edge.at)
+        actions += tt.tick(vad.now, vad.last_voiced_end)
+        if Finalize() in actions and final is not None:
+            actions += tt.transcript(final, final=True, now=vad.now)
+        out += [(k, a) for a in actions]
+    return out
+
+
 def test_call_path_ends_the_turn_exactly_the_silence_after_the_last_voiced_frame() -> None:
-    """VAD edges and media time fed to the turn-taker as ``Call._on_frame`` does, for speech of
-    every length from 0.2 to 2.2 s: Respond comes on the frame that completes 300 ms of silence."""
-
-    class Script:
-        def __init__(self, voiced: int) -> None:
-            self.left = voiced
-
-        def is_speech(self, frame: bytes) -> bool:
-            self.left -= 1
-            return self.left >= 0
-
+    """Speech of a few lengths at many points of a call: Respond comes on the frame that completes
+    300 ms of silence after the last voiced frame (VAD stop after 160 ms, instant final)."""
     late = []
-    for voiced in range(10, 110):
-        vad = VoiceActivity(VadConfig(), Script(voiced))
-        tt = TurnTaker(TURN, BARGE)
-        responded_on = None
-        for k in range(1, voiced + 40):
-            edge = vad.feed(b"")
-            actions: list[Action] = []
-            if isinstance(edge, SpeechStarted):
-                actions += tt.speech_started(edge.at)
-            elif isinstance(edge, SpeechStopped):
-                actions += tt.speech_stopped(edge.at)
-                actions += tt.transcript("Book it.", final=True, now=vad.now)  # an instant STT
-            actions += tt.tick(vad.now)
-            if any(isinstance(a, Respond) for a in actions):
-                responded_on = k
-                break
-        if responded_on != voiced + 15:
-            late.append((voiced, responded_on))
+    for lead in range(0, 400, 7):
+        for voiced in (10, 23, 50):
+            actions = call_path(TurnTaker(TURN, BARGE), Script(lead, voiced), lead + voiced + 40, "Book it.")
+            responded = [k for k, a in actions if isinstance(a, Respond)]
+            if responded != [lead + voiced + 15]:
+                late.append((lead, voiced, [k - lead - voiced for k in responded]))
     assert late == []
+
+
+def test_call_path_sound_shorter_than_min_speech_does_not_interrupt() -> None:
+    """A 100 ms cough while the agent speaks, with min_speech_ms 200: no barge-in. (The VAD only
+    reports the stop 160 ms after the cough, so time since its start is not its length.)"""
+    tt = TurnTaker(TURN, BARGE)
+    tt.agent_speaks()
+    tt.reply_audio_started()
+    actions = call_path(tt, Script(50, 5), 100, "")
+    assert [a for _, a in actions if not isinstance(a, Finalize)] == []
+    assert tt.state is TurnState.AGENT_SPEAKING
+
+
+def test_call_path_speech_of_min_speech_interrupts() -> None:
+    tt = TurnTaker(TURN, BARGE)
+    tt.agent_speaks()
+    tt.reply_audio_started()
+    actions = call_path(tt, Script(50, 30), 100, None)
+    assert actions[0] == (60, StopAudio())  # frame 60 ends 200 ms after the first voiced frame (51)
 
 
 def test_barge_in_fires_on_the_exact_frame_wherever_the_speech_starts() -> None:
@@ -555,8 +626,8 @@ def test_final_arriving_after_the_timeout_does_not_leak_into_the_next_turn() -> 
 def test_words_of_a_short_sound_while_thinking_do_not_leak_into_the_next_turn() -> None:
     f = thinking()
     f.speech_started(150)
-    f.run(158)  # under min_speech_ms: the reply goes on
-    f.speech_stopped(158)
+    assert f.run(158) == []  # under min_speech_ms: the reply goes on
+    assert f.tt.speech_stopped(at(158)) == []  # too short to take the floor: no turn to finalize
     f.run(170)
     assert f.transcript("Yes.") == []
     f.tt.reply_audio_started()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import webrtcvad
+
 from ringline.benchmarks.clips import load_clip
 from ringline.config.settings import TurnConfig, VadConfig
 from ringline.engine.audio.g711 import ulaw_decode
@@ -200,7 +201,8 @@ def speech_frames() -> list[bytes]:
 
 def level_dbfs(frame: bytes) -> float:
     samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
-    return float(20 * np.log10(np.sqrt(np.mean(samples**2)) / 32768))
+    rms = np.sqrt(np.mean(samples**2))
+    return -np.inf if rms == 0 else float(20 * np.log10(rms / 32768))
 
 
 @pytest.mark.parametrize("aggressiveness", [0, 1, 2, 3])

@@ -15,26 +15,24 @@ from ringline.engine.audio.clock import Clock
 from ringline.engine.llm.base import Context, LlmEvent, TextDelta, Tool, ToolCall
 
 _TOOL = re.compile(r"\[tool:(\w+)\s*(\{.*?\})?\]")
+_TOKEN = re.compile(r"\s*\S+")
 
 
 def parse_reply(reply: str) -> list[TextDelta | ToolCall]:
-    """Split a scripted reply into word deltas and tool calls."""
+    """Split a scripted reply into word deltas (each with its leading space, but the reply's
+    first) and tool calls."""
     events: list[TextDelta | ToolCall] = []
     pos = 0
     for match in _TOOL.finditer(reply):
-        events.extend(_words(reply[pos : match.start()]))
+        events.extend(TextDelta(t) for t in _TOKEN.findall(reply[pos : match.start()]))
         args = json.loads(match.group(2)) if match.group(2) else {}
         events.append(ToolCall(Context.new_call_id(), match.group(1), args))
         pos = match.end()
-    events.extend(_words(reply[pos:]))
+    events.extend(TextDelta(t) for t in _TOKEN.findall(reply[pos:]))
+    first_text = next((i for i, e in enumerate(events) if isinstance(e, TextDelta)), None)
+    if first_text is not None:
+        events[first_text] = TextDelta(events[first_text].text.lstrip())
     return events
-
-
-def _words(text: str) -> list[TextDelta]:
-    tokens = re.findall(r"\s*\S+", text)
-    if tokens:
-        tokens[0] = tokens[0].lstrip()
-    return [TextDelta(t) for t in tokens]
 
 
 class FakeLlm:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
+
 from ringline.config.settings import FakeSttConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioFormat, Encoding
@@ -33,8 +34,9 @@ class FakeSttSession:
         self._sound_bytes = 0
         self._interim_bytes = fmt.bytes_for(int(config.interim_after_ms)) or 1
         self._interim_sent = False
-        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[tuple[float, Transcript] | None] = asyncio.Queue()
+        """Transcripts with the clock time they are due, in order (a stream keeps its order)."""
+        self._closed = False
 
     def _scripted(self) -> str:
         script = self._config.transcripts
@@ -48,34 +50,29 @@ class FakeSttSession:
                 self._interim_sent = True
                 words = self._scripted().split()
                 if words:
-                    self._queue.put_nowait(Transcript(" ".join(words[: max(1, len(words) // 2)]), False))
+                    interim = Transcript(" ".join(words[: max(1, len(words) // 2)]), False)
+                    self._queue.put_nowait((self._clock.now(), interim))
 
     async def finalize(self) -> None:
-        if not self._sound_bytes:
-            self._queue.put_nowait(Transcript("", True))
-            return
-        text = self._scripted()
-        self._utterance += 1
+        if self._sound_bytes:
+            text = self._scripted()
+            self._utterance += 1
+        else:
+            text = ""  # nothing but silence since the last final
         self._sound_bytes = 0
         self._interim_sent = False
-        if self._config.final_latency_ms:
-            deliver_at = self._clock.now() + self._config.final_latency_ms / 1000
-            task = asyncio.create_task(self._deliver(Transcript(text, True), deliver_at))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-        else:
-            self._queue.put_nowait(Transcript(text, True))
-
-    async def _deliver(self, transcript: Transcript, at: float) -> None:
-        await self._clock.sleep_until(at)
-        self._queue.put_nowait(transcript)
+        due = self._clock.now() + self._config.final_latency_ms / 1000
+        self._queue.put_nowait((due, Transcript(text, True)))
 
     async def __aiter__(self) -> AsyncIterator[Transcript]:
         while (item := await self._queue.get()) is not None:
-            yield item
+            due, transcript = item
+            await self._clock.sleep_until(due)
+            if self._closed:
+                return
+            yield transcript
 
     async def aclose(self) -> None:
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        """End the session: transcripts not yet delivered are dropped."""
+        self._closed = True
         self._queue.put_nowait(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import numpy as np
+
 from ringline.config.settings import FakeTtsConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 import webrtcvad
+
 from ringline.config.settings import VadConfig
 
 
@@ -40,8 +41,8 @@ class WebRtcClassifier:
     def is_speech(self, frame: bytes) -> bool:
         if not self._vad.is_speech(frame, self._rate):
             return False
-        samples = np.frombuffer(frame, dtype=np.int16).astype(np.int32)
-        return int(np.dot(samples, samples)) >= self._floor * len(samples)
+        samples = np.frombuffer(frame, dtype=np.int16).astype(np.float64)  # int32 would overflow
+        return float(np.dot(samples, samples)) >= self._floor * len(samples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class VoiceActivity:
     def __init__(self, config: VadConfig, classifier: SpeechClassifier, frame_ms: int = 20) -> None:
         self._classifier = classifier
         self._frame = frame_ms / 1000
+        self._frame_ms = frame_ms
         self._start_frames = max(1, round(config.start_ms / frame_ms))
         self._stop_frames = max(1, round(config.stop_ms / frame_ms))
         window = max(self._start_frames, round(config.start_window_ms / frame_ms))
@@ -70,14 +72,17 @@ class VoiceActivity:
         self._voiced_in_window = 0
         self._unvoiced_run = 0
         self.state = Activity.SILENCE
+        self._frames = 0
         self.now = 0.0
-        """Media time: end of the last frame fed."""
+        """Media time: end of the last frame fed (frame count times frame length, so that
+        silences compare exactly instead of drifting by float rounding)."""
         self.last_voiced_end = 0.0
         self.speech_started_at = 0.0
 
     def feed(self, frame: bytes) -> SpeechStarted | SpeechStopped | None:
         voiced = self._classifier.is_speech(frame)
-        self.now += self._frame
+        self._frames += 1
+        self.now = self._frames * self._frame_ms / 1000
         window = self._window
         if len(window) == window.maxlen and window[0]:
             self._voiced_in_window -= 1
@@ -92,7 +97,7 @@ class VoiceActivity:
         if self.state is Activity.SILENCE:
             if voiced and self._voiced_in_window >= self._start_frames:
                 first = next(i for i, v in enumerate(window) if v)
-                self.speech_started_at = self.now - (len(window) - first) * self._frame
+                self.speech_started_at = (self._frames - (len(window) - first)) * self._frame_ms / 1000
                 self.state = Activity.SPEECH
                 return SpeechStarted(self.speech_started_at)
         elif self._unvoiced_run >= self._stop_frames:

@@ -17,6 +17,7 @@ import re
 from base64 import b64decode, b64encode
 
 import orjson
+
 from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.errors import RemoteProtocolError
 from ringline.engine.transports.events import (
@@ -34,7 +35,7 @@ MAX_PAYLOAD_BYTES = 8000
 """Largest inbound media payload accepted (1 s of mu-law 8 kHz); Twilio sends 160."""
 
 _SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_MARK_NAME = re.compile(r"[^\"\\\x00-\x1f]{1,256}")
+_MARK_NAME = re.compile(r"[ !#-\[\]-~]{1,256}")  # printable ASCII but quote and backslash
 
 
 class TwilioProtocolError(RemoteProtocolError):
@@ -93,21 +94,25 @@ class TwilioStream:
         if sid != self.stream_sid:
             raise TwilioProtocolError(f"{event} for streamSid {sid!r}, expected {self.stream_sid!r}")
 
-    def _media(self, msg: dict) -> AudioReceived:
+    def _media(self, msg: dict) -> AudioReceived | None:
         self._require_streaming(msg, "media")
         media = msg.get("media")
         payload = media.get("payload") if isinstance(media, dict) else None
         if not isinstance(payload, str):
             raise TwilioProtocolError("media without payload")
         track = media.get("track", "inbound")
+        if track == "outbound":
+            return None  # a both_tracks stream echoes what we sent: nothing to act on
         if track != "inbound":
             raise TwilioProtocolError(f"media on track {track!r}")
-        if len(payload) > MAX_PAYLOAD_BYTES * 4 // 3 + 4:
+        if len(payload) > (MAX_PAYLOAD_BYTES + 2) // 3 * 4:
             raise TwilioProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
         try:
             audio = b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise TwilioProtocolError("media payload is not valid base64") from None
+        if len(audio) > MAX_PAYLOAD_BYTES:
+            raise TwilioProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
         return AudioReceived(audio)
 
     def _mark(self, msg: dict) -> MarkPlayed:
@@ -139,9 +144,15 @@ class TwilioStream:
         if not isinstance(call_sid, str) or not _SID.fullmatch(call_sid):
             raise TwilioProtocolError(f"start with invalid callSid {call_sid!r}")
         fmt = start.get("mediaFormat") or {}
-        encoding, rate = fmt.get("encoding", "audio/x-mulaw"), fmt.get("sampleRate", 8000)
-        if encoding != "audio/x-mulaw" or rate != 8000 or fmt.get("channels", 1) != 1:
-            raise TwilioProtocolError(f"unsupported media format {encoding!r} {rate!r} Hz")
+        if not isinstance(fmt, dict):
+            raise TwilioProtocolError("mediaFormat is not an object")
+        encoding, rate, channels = (
+            fmt.get("encoding", "audio/x-mulaw"),
+            fmt.get("sampleRate", 8000),
+            fmt.get("channels", 1),
+        )
+        if encoding != "audio/x-mulaw" or rate != 8000 or channels != 1:
+            raise TwilioProtocolError(f"unsupported media format {encoding!r} {rate!r} Hz {channels!r} channels")
         params = start.get("customParameters") or {}
         if not isinstance(params, dict):
             raise TwilioProtocolError("customParameters is not an object")

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
 from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.call import Call
 from ringline.engine.errors import RinglineError
