@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -35,7 +37,6 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     server = settings.server
     ws = web.WebSocketResponse(
         max_msg_size=server.max_message_bytes,
-        receive_timeout=server.media_idle_timeout_s,
         timeout=server.close_timeout_s,
         compress=False,  # audio does not deflate; don't spend CPU trying
     )
@@ -52,7 +53,9 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
         return call
 
     try:
-        await serve_twilio(ws, make_call, max_errors=settings.server.max_protocol_errors)
+        await serve_twilio(
+            ws, make_call, max_errors=server.max_protocol_errors, start_timeout=server.media_idle_timeout_s
+        )
     finally:
         for call in created:
             calls.finish(call)
@@ -69,4 +72,13 @@ def make_app(settings: Settings) -> web.Application:
         await app[CALLS].end_all(EndReason.SERVER_SHUTDOWN, settings.server.shutdown_timeout_s)
 
     app.on_shutdown.append(end_calls)
+    app.cleanup_ctx.append(_idle_watchdog)
     return app
+
+
+async def _idle_watchdog(app: web.Application) -> AsyncIterator[None]:
+    registry, timeout = app[CALLS], app[SETTINGS].server.media_idle_timeout_s
+    task = asyncio.create_task(registry.watch_idle(LoopClock(), timeout), name="idle-watchdog")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

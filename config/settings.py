@@ -160,7 +160,8 @@ class ServerConfig(_Model):
     max_protocol_errors: int = Field(50, ge=1)
     """Malformed messages a media socket may send before its call is ended."""
     media_idle_timeout_s: float = Field(30.0, gt=0)
-    """A media socket silent this long (no message at all) is considered dead; its call ends."""
+    """A media socket silent this long (no message at all, or no ``start``) is considered dead;
+    its call ends with reason ``transport_closed``."""
     close_timeout_s: float = Field(2.0, gt=0)
     """How long to wait for the peer to answer our WebSocket close."""
     shutdown_timeout_s: float = Field(5.0, gt=0)

@@ -105,6 +105,8 @@ class Call:
         self._last_voiced_at: float | None = None
         self._hangup_reason: str | None = None
         self._end_task: asyncio.Task[None] | None = None
+        self.last_heard = clock.now()
+        """Clock time of the last message from the provider (for the idle watchdog)."""
         self._ended = asyncio.Event()
 
     def _set_status(self, new: CallStatus) -> None:
@@ -182,6 +184,7 @@ class Call:
         """One inbound media message (usually exactly one 20 ms frame): the hot path."""
         if self.status is not CallStatus.ACTIVE:
             return
+        self.last_heard = self._clock.now()
         if len(payload) == self._frame_bytes:
             await self._on_frame(payload)
         else:
@@ -216,9 +219,11 @@ class Call:
         self._playout.poll()
 
     def on_mark(self, name: str) -> None:
+        self.last_heard = self._clock.now()
         self._playout.on_mark(name)
 
     def on_dtmf(self, digit: str) -> None:
+        self.last_heard = self._clock.now()
         log.info("dtmf %s", digit, extra=self._extra)
 
     async def _read_transcripts(self, stt: SttSession) -> None:

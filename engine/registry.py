@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections import deque
 
+from ringline.engine.audio.clock import Clock
 from ringline.engine.call import Call
 from ringline.engine.errors import RinglineError
 from ringline.engine.record import CallRecord, EndReason
@@ -66,6 +67,16 @@ class CallRegistry:
 
     def find_record(self, call_id: str) -> CallRecord | None:
         return next((r for r in reversed(self.finished) if r.call_id == call_id), None)
+
+    async def watch_idle(self, clock: Clock, idle_after: float) -> None:
+        """Forever: end calls whose provider has sent nothing for ``idle_after`` seconds (a dead
+        socket that never closed). Checks a few times per timeout."""
+        while True:
+            await clock.sleep_until(clock.now() + idle_after / 4)
+            now = clock.now()
+            for call in [c for c in self._live.values() if now - c.last_heard > idle_after]:
+                log.warning("no media for %.0f s: ending the call", idle_after, extra={"call_id": call.call_id})
+                await call.end(EndReason.TRANSPORT_CLOSED, f"no message from the provider for {idle_after:g} s")
 
     async def end_all(self, reason: EndReason, grace: float) -> None:
         """End every live call (graceful shutdown), giving up after ``grace`` seconds."""

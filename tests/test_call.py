@@ -10,6 +10,7 @@ from ringline.config.settings import load_settings
 from ringline.engine.call import CallStatus
 from ringline.engine.llm.base import Tool
 from ringline.engine.record import EndReason
+from ringline.engine.registry import CallRegistry
 from ringline.engine.tools import default_registry
 from ringline.engine.turns import TurnState
 from tests.helpers import CallDriver
@@ -198,3 +199,20 @@ async def test_caller_hangup_mid_reply_ends_cleanly(driver):
     assert assistant["role"] == "assistant" and assistant.get("interrupted") is True
     pending = [t for t in asyncio.all_tasks() if t.get_name().endswith("CA-test") and not t.done()]
     assert pending == []
+
+
+async def test_idle_watchdog_ends_a_call_whose_provider_went_silent(driver):
+    d = await driver(agent())
+    registry = CallRegistry()
+    registry.add(d.call)
+    watchdog = asyncio.create_task(registry.watch_idle(d.clock, 5.0))
+    await d.wait(1.0)  # media flowing: nothing happens
+    await d.clock.advance(4.9)
+    assert d.call.status is CallStatus.ACTIVE
+    await d.clock.advance(2.0)  # no message for more than 5 s
+    await asyncio.wait_for(d.call.wait_ended(), 5)
+    assert d.call.record.end_reason is EndReason.TRANSPORT_CLOSED
+    assert d.call.record.end_detail == "no message from the provider for 5 s"
+    assert d.phone.hung_up
+    watchdog.cancel()
+    await asyncio.gather(watchdog, return_exceptions=True)

@@ -11,6 +11,7 @@ import pytest
 from ringline.config.settings import FakeLlmConfig, FakeSttConfig, FakeTtsConfig
 from ringline.engine.audio.clock import FakeClock
 from ringline.engine.audio.formats import MULAW_8K, PCM16_8K, PCM16_16K, AudioFormat, Encoding
+from ringline.engine.audio.g711 import encode
 from ringline.engine.llm.base import Context, Message, TextDelta, Tool, ToolCall
 from ringline.engine.llm.fake import FakeLlm, parse_reply
 from ringline.engine.stt.base import Transcript
@@ -253,7 +254,7 @@ QUIET = (np.sin(np.arange(160) / 3) * 900).astype("<i2").tobytes()  # peak under
 
 
 async def session(clock: FakeClock | None = None, **config: object) -> FakeSttSession:
-    return await FakeStt(FakeSttConfig(**config), clock or FakeClock(T0)).open(MULAW_8K)
+    return await FakeStt(FakeSttConfig(**config), clock or FakeClock(T0)).open(PCM16_8K)
 
 
 class Reader:
@@ -273,13 +274,26 @@ class Reader:
         return [t for _, t in self.got]
 
 
-async def test_stt_asks_for_pcm16_at_the_offered_rate() -> None:
-    stt = await FakeStt(FakeSttConfig(), FakeClock(T0)).open(MULAW_8K)
-    assert stt.format == PCM16_8K
-    stt16 = await FakeStt(FakeSttConfig(), FakeClock(T0)).open(AudioFormat(Encoding.MULAW, 16000))
-    assert stt16.format == PCM16_16K
+async def test_stt_takes_the_offered_format_as_is() -> None:
+    """Like a cloud STT that accepts G.711: no decoding or resampling on the way in."""
+    for offered in (MULAW_8K, PCM16_8K, AudioFormat(Encoding.MULAW, 16000), PCM16_16K):
+        stt = await FakeStt(FakeSttConfig(), FakeClock(T0)).open(offered)
+        assert stt.format == offered
+        await stt.aclose()
+
+
+@pytest.mark.parametrize("encoding", [Encoding.MULAW, Encoding.ALAW])
+async def test_stt_tells_loud_g711_from_quiet_without_decoding(encoding: Encoding) -> None:
+    clock = FakeClock(T0)
+    stt = await FakeStt(FakeSttConfig(transcripts=("Hi.",)), clock).open(AudioFormat(encoding, 8000))
+    reader = Reader(stt, clock)
+    await stt.send(encode(QUIET, encoding))
+    await stt.finalize()  # only quiet audio so far: an empty final, the script is not used up
+    await stt.send(encode(LOUD, encoding))
+    await stt.finalize()
+    await settle()
+    assert reader.transcripts == [Transcript("", True), Transcript("Hi.", True)]
     await stt.aclose()
-    await stt16.aclose()
 
 
 async def test_stt_interim_after_interim_after_ms_of_loud_audio() -> None:

@@ -231,3 +231,14 @@ async def test_graceful_shutdown_ends_live_calls(serve):
     assert live.record.end_reason is EndReason.SERVER_SHUTDOWN
     record = await server.record("CA0004")
     assert record is live.record
+
+
+async def test_socket_that_never_starts_is_closed_after_the_timeout(serve):
+    data = settings().model_dump()
+    data["server"]["media_idle_timeout_s"] = 0.3
+    server = await serve(Settings.model_validate(data))
+    session, ws = await _raw_socket(server)
+    async with session:
+        await ws.send_str('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+        msg = await ws.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)

@@ -1,5 +1,8 @@
 """Scripted STT for tests and benchmarks: each utterance (speech, then ``finalize``) yields the next
-scripted transcript after a set latency. Speech is told from silence by frame energy."""
+scripted transcript after a set latency. Speech is told from silence by frame peak level.
+
+It takes the call's native encoding as is (as a cloud STT would), and tells loud G.711 bytes by a
+translation table (~0.3 us a frame) rather than decoding them."""
 
 from __future__ import annotations
 
@@ -11,9 +14,16 @@ import numpy as np
 from ringline.config.settings import FakeSttConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioFormat, Encoding
+from ringline.engine.audio.g711 import decode
 from ringline.engine.stt.base import Transcript
 
 _SPEECH_PEAK = 1000  # PCM16 peak above which a frame counts as sound
+
+
+def _loud_table(encoding: Encoding) -> bytes:
+    """A ``bytes.translate`` table mapping G.711 codes louder than the peak to 1, others to 0."""
+    levels = np.frombuffer(decode(bytes(range(256)), encoding), dtype=np.int16).astype(np.int32)
+    return bytes(int(abs(v) > _SPEECH_PEAK) for v in levels)
 
 
 class FakeStt:
@@ -22,7 +32,7 @@ class FakeStt:
         self._clock = clock
 
     async def open(self, offered: AudioFormat) -> FakeSttSession:
-        return FakeSttSession(self._config, self._clock, AudioFormat(Encoding.PCM16, offered.sample_rate))
+        return FakeSttSession(self._config, self._clock, offered)
 
 
 class FakeSttSession:
@@ -30,6 +40,7 @@ class FakeSttSession:
         self._config = config
         self._clock = clock
         self.format = fmt
+        self._loud = None if fmt.encoding is Encoding.PCM16 else _loud_table(fmt.encoding)
         self._utterance = 0
         self._sound_bytes = 0
         self._interim_bytes = fmt.bytes_for(int(config.interim_after_ms)) or 1
@@ -42,9 +53,14 @@ class FakeSttSession:
         script = self._config.transcripts
         return script[self._utterance] if self._utterance < len(script) else self._config.fallback
 
-    async def send(self, audio: bytes) -> None:
+    def _is_loud(self, audio: bytes) -> bool:
+        if self._loud is not None:
+            return b"\x01" in audio.translate(self._loud)
         samples = np.frombuffer(audio, dtype=np.int16)
-        if samples.size and max(samples.max(), -int(samples.min())) > _SPEECH_PEAK:
+        return bool(samples.size) and max(int(samples.max()), -int(samples.min())) > _SPEECH_PEAK
+
+    async def send(self, audio: bytes) -> None:
+        if self._is_loud(audio):
             self._sound_bytes += len(audio)
             if not self._interim_sent and self._sound_bytes >= self._interim_bytes:
                 self._interim_sent = True

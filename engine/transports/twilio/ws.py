@@ -21,6 +21,7 @@ from ringline.engine.transports.events import (
     CallStarted,
     CallStopped,
     DtmfReceived,
+    InboundEvent,
     MarkPlayed,
 )
 from ringline.engine.transports.twilio.codec import TwilioProtocolError, TwilioStream
@@ -61,72 +62,110 @@ class TwilioTransport:
             await self._ws.close()
 
 
-async def serve_twilio(ws: web.WebSocketResponse, make_call: CallFactory, *, max_errors: int) -> None:
-    """Run one media socket to its end."""
-    codec = TwilioStream()
-    transport = TwilioTransport(ws, codec)
-    call: Call | None = None
-    errors = 0
-    reason, detail = EndReason.TRANSPORT_CLOSED, ""
-    extra: dict[str, str] = {"call_id": "-"}
+class _Ended(Exception):
+    """The socket's call is over: carries why."""
+
+    def __init__(self, reason: EndReason, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail
+
+
+_CLOSING = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+
+
+async def serve_twilio(
+    ws: web.WebSocketResponse, make_call: CallFactory, *, max_errors: int, start_timeout: float
+) -> None:
+    """Run one media socket to its end.
+
+    Before ``start`` the socket must speak within ``start_timeout`` seconds; after it, idleness is
+    the call registry's watchdog's business (a timeout per message would cost ~10% of the CPU).
+    """
+    socket = _TwilioSocket(ws, make_call, max_errors)
     try:
-        async for msg in ws:
-            if msg.type is not WSMsgType.TEXT:
-                if msg.type is WSMsgType.ERROR:
-                    reason, detail = EndReason.TRANSPORT_CLOSED, f"socket error: {ws.exception()}"
-                    break
-                error: str = f"unexpected {msg.type.name.lower()} message"
-            else:
-                try:
-                    event = codec.feed(msg.data)
-                except TwilioProtocolError as exc:
-                    error = str(exc)
-                else:
-                    if isinstance(event, AudioReceived):
-                        if call is not None:
-                            await call.on_audio(event.payload)
-                    elif isinstance(event, MarkPlayed):
-                        if call is not None:
-                            call.on_mark(event.name)
-                    elif isinstance(event, CallStarted):
-                        extra = {"call_id": event.call_id}
-                        try:
-                            call = await make_call(event, transport)
-                        except RinglineError as exc:  # e.g. an unknown agent in customParameters
-                            log.warning("twilio: call refused: %s", exc, extra=extra)
-                            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=str(exc)[:120].encode())
-                            break
-                        await call.start()
-                    elif isinstance(event, DtmfReceived):
-                        if call is not None:
-                            call.on_dtmf(event.digit)
-                    elif isinstance(event, CallStopped):
-                        reason = EndReason.CALLER_HANGUP
-                        break
-                    if call is not None and call.record.end_reason is not None:
-                        break  # the call ended itself (agent hung up)
-                    continue
-            errors += 1
-            if call is not None:
-                call.record.protocol_errors = errors
-            log.warning("twilio: %s (%d so far)", error, errors, extra=extra)
-            if errors >= max_errors:
-                reason, detail = EndReason.PROTOCOL_ERROR, f"{errors} malformed messages, last: {error}"
-                break
-        else:
-            if ws.close_code is not None and ws.close_code >= 1002 and ws.close_code != 1005:
-                detail = f"socket closed with code {ws.close_code}"
+        await socket.run(start_timeout)
+    except _Ended as end:
+        socket.reason, socket.detail = end.reason, end.detail
     except TimeoutError:
-        reason, detail = EndReason.TRANSPORT_CLOSED, "no message from the provider within the idle timeout"
-        log.warning("twilio: %s", detail, extra=extra)
+        socket.reason, socket.detail = EndReason.TRANSPORT_CLOSED, "no start message within the timeout"
+        log.warning("twilio: %s", socket.detail, extra=socket.extra)
     except asyncio.CancelledError:
-        reason, detail = EndReason.SERVER_SHUTDOWN, "handler cancelled"
+        socket.reason, socket.detail = EndReason.SERVER_SHUTDOWN, "handler cancelled"
         raise
     except Exception as exc:
-        log.exception("media socket failed", extra=extra)
-        reason, detail = EndReason.ERROR, f"{type(exc).__name__}: {exc}"
+        log.exception("media socket failed", extra=socket.extra)
+        socket.reason, socket.detail = EndReason.ERROR, f"{type(exc).__name__}: {exc}"
     finally:
-        if call is not None:
-            await call.end(reason, detail)
+        if socket.call is not None:
+            await socket.call.end(socket.reason, socket.detail)
         if not ws.closed:
             await ws.close()
+
+
+class _TwilioSocket:
+    def __init__(self, ws: web.WebSocketResponse, make_call: CallFactory, max_errors: int) -> None:
+        self._ws = ws
+        self._codec = TwilioStream()
+        self._transport = TwilioTransport(ws, self._codec)
+        self._make_call = make_call
+        self._max_errors = max_errors
+        self._errors = 0
+        self.call: Call | None = None
+        self.reason, self.detail = EndReason.TRANSPORT_CLOSED, ""
+        self.extra: dict[str, str] = {"call_id": "-"}
+
+    async def run(self, start_timeout: float) -> None:
+        ws = self._ws
+        while True:
+            msg = await ws.receive(timeout=start_timeout if self.call is None else None)
+            if msg.type is WSMsgType.TEXT:
+                try:
+                    event = self._codec.feed(msg.data)
+                except TwilioProtocolError as exc:
+                    self._protocol_error(str(exc))
+                    continue
+                if event is not None:
+                    await self._dispatch(event)
+            elif msg.type in _CLOSING:
+                if ws.close_code is not None and ws.close_code not in (1000, 1001, 1005):
+                    self.detail = f"socket closed with code {ws.close_code}"
+                return
+            elif msg.type is WSMsgType.ERROR:
+                raise _Ended(EndReason.TRANSPORT_CLOSED, f"socket error: {ws.exception()}")
+            else:
+                self._protocol_error(f"unexpected {msg.type.name.lower()} message")
+
+    async def _dispatch(self, event: InboundEvent) -> None:
+        call = self.call
+        if isinstance(event, AudioReceived):
+            if call is not None:
+                await call.on_audio(event.payload)
+        elif isinstance(event, MarkPlayed):
+            if call is not None:
+                call.on_mark(event.name)
+        elif isinstance(event, DtmfReceived):
+            if call is not None:
+                call.on_dtmf(event.digit)
+        elif isinstance(event, CallStarted):
+            await self._start(event)
+        elif isinstance(event, CallStopped):
+            raise _Ended(EndReason.CALLER_HANGUP)
+        if self.call is not None and self.call.record.end_reason is not None:
+            raise _Ended(self.call.record.end_reason, self.call.record.end_detail)  # it ended itself
+
+    async def _start(self, event: CallStarted) -> None:
+        self.extra = {"call_id": event.call_id}
+        try:
+            self.call = await self._make_call(event, self._transport)
+        except RinglineError as exc:  # e.g. an unknown agent in customParameters
+            log.warning("twilio: call refused: %s", exc, extra=self.extra)
+            await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=str(exc)[:120].encode())
+            raise _Ended(EndReason.ERROR, f"refused: {exc}") from None
+        await self.call.start()
+
+    def _protocol_error(self, error: str) -> None:
+        self._errors += 1
+        if self.call is not None:
+            self.call.record.protocol_errors = self._errors
+        log.warning("twilio: %s (%d so far)", error, self._errors, extra=self.extra)
+        if self._errors >= self._max_errors:
+            raise _Ended(EndReason.PROTOCOL_ERROR, f"{self._errors} malformed messages, last: {error}")
