@@ -2,8 +2,9 @@
 caller has actually heard.
 
 The reply's timeline starts at ``origin`` (clock time at which its first byte plays); frame k
-is sent at ``origin + k * frame - lead``, so the provider never holds more than ``lead`` of
-unplayed audio and a ``clear`` silences the caller at once. If synthesis falls behind, the
+is due at ``origin + k * frame - lead`` and frames go out two at a time as they fall due, so the
+provider holds between ``lead - frame`` and ``lead`` of unplayed audio and a ``clear``
+silences the caller at once. If synthesis falls behind, the
 timeline slips (``origin`` moves later) rather than bursting to catch up. Marks placed at phrase
 boundaries and at the end come back when the caller has heard up to them; between marks, what
 was heard is estimated from the timeline and never exceeds what was sent.
@@ -24,6 +25,12 @@ from ringline.engine.audio.framing import silence_byte
 from ringline.engine.transports.base import MediaTransport
 
 log = logging.getLogger(__name__)
+
+_EPSILON = 1e-6
+"""Deadlines are sums of float frame lengths: a frame due within this of now is due."""
+
+FRAMES_PER_WAKE = 2
+"""Frames sent per pacing wake-up once the lead is built (timers cost more than sends)."""
 
 MARK_GRACE = 2.0
 """Seconds past the expected end of playback after which a missing final mark is given up on."""
@@ -66,6 +73,7 @@ class Playout:
         self.format: AudioFormat = fmt
         self._bps = fmt.bytes_per_second
         self._frame = fmt.bytes_for(config.frame_ms)
+        self._frame_s = config.frame_ms / 1000
         self._lead = config.lead_ms / 1000
         self._silence = bytes([silence_byte(fmt.encoding)])
         self.state = PlayoutState.IDLE
@@ -228,9 +236,10 @@ class Playout:
                 self.underruns += 1
                 self._origin = now - self._sent / self._bps
                 play_at = now
-            send_at = play_at - self._lead
-            if send_at > now:
-                await self._clock.sleep_until(send_at)
+            if play_at - self._lead > now + _EPSILON:
+                # Not due yet. Wake when the frame after it is due and send both: half the
+                # timer wake-ups, and the provider holds between lead - frame and lead.
+                await self._clock.sleep_until(play_at + self._frame_s * (FRAMES_PER_WAKE - 1) - self._lead)
                 continue  # a barge-in may have paused us meanwhile
             chunk = bytes(self._audio[self._sent : self._sent + frame])
             self._sent += len(chunk)

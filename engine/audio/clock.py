@@ -19,7 +19,7 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The running event loop's monotonic clock (``loop.time()``)."""
+    """The running event loop's monotonic clock (``loop.time()``), bound on first use."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
@@ -31,7 +31,8 @@ class LoopClock:
         return self._loop
 
     def now(self) -> float:
-        return self.loop.time()
+        self.now = self.loop.time  # type: ignore[method-assign]  # read on every frame: bind once
+        return self.now()
 
     async def sleep_until(self, deadline: float) -> None:
         delay = deadline - self.loop.time()
