@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
 import sys
 from pathlib import Path
 
@@ -23,12 +24,17 @@ def _serve(args: argparse.Namespace) -> int:
     port = settings.server.port if args.port is None else args.port
     app = make_app(settings)
     app.on_startup.append(_freeze_startup_objects)
-    print(f"ringline serving on http://{host}:{port} (media: ws://{host}:{port}/media/twilio)", flush=True)
+
+    def banner(message: str) -> None:  # aiohttp's "Running on URL" once the socket listens
+        url = re.search(r"http://\S+", message)
+        base = url.group(0) if url else f"http://{host}:{port}"
+        print(f"ringline serving on {base} (media: ws{base[4:]}/media/twilio)", flush=True)
+
     web.run_app(
         app,
         host=host,
         port=port,
-        print=None,
+        print=banner,
         loop=uvloop.new_event_loop(),
         shutdown_timeout=settings.server.shutdown_timeout_s,
         access_log=None,
