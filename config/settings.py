@@ -12,6 +12,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ringline.config.providers import (
+    PROVIDER_TAGS,
+    FakeLlmConfig,
+    FakeSttConfig,
+    FakeTtsConfig,
+    LlmConfig,
+    SttConfig,
+    TtsConfig,
+)
 from ringline.engine.errors import ConfigError
 
 Ms = Annotated[float, Field(ge=0)]
@@ -89,53 +98,21 @@ class PlayoutConfig(_Model):
     """Audio per media message."""
 
 
-class FakeSttConfig(_Model):
-    provider: Literal["fake"] = "fake"
-    transcripts: tuple[str, ...] = ()
-    """Scripted finals, one per utterance, in order ("" = noise, no words). When the script runs
-    out, each utterance is transcribed as ``fallback``."""
-    fallback: str = "Tell me more."
-    final_latency_ms: Ms = 0
-    """Delay between ``finalize`` and the final transcript."""
-    interim_after_ms: Ms = 200
-    """Speech this long yields an interim transcript (the first words of the scripted text)."""
-
-
-class FakeLlmConfig(_Model):
-    provider: Literal["fake"] = "fake"
-    replies: tuple[str, ...] = ()
-    """Scripted replies in order; ``[tool:NAME {json}]`` inside a reply calls a tool. When they
-    run out every reply is ``fallback`` (``{user}`` is replaced by the user's last words)."""
-    fallback: str = "You said: {user}"
-    ttft_ms: Ms = 0
-    """Time to first token."""
-    tokens_per_s: float = Field(0, ge=0)
-    """Token rate after the first; 0 streams every token at once."""
-
-
-class FakeTtsConfig(_Model):
-    provider: Literal["fake"] = "fake"
-    sample_rate: int = Field(8000, gt=0)
-    ttfb_ms: Ms = 0
-    """Time to first audio of each phrase."""
-    realtime_factor: float = Field(0, ge=0)
-    """Synthesis time per second of audio (0.1: ten times faster than real time; 0: instant)."""
-    seconds_per_phrase: float | None = Field(None, gt=0)
-    """Render every phrase as exactly this much audio; unset: ``seconds_per_word`` per word."""
-    seconds_per_word: float = Field(0.3, gt=0)
-    tone_hz: float = Field(440.0, gt=0)
-    chunk_ms: int = Field(100, gt=0)
-
-
 class AgentConfig(_Model):
     name: str = "Ringline agent"
     system_prompt: str = "You are a helpful, concise phone agent."
     first_message: str = ""
     """Spoken when the call starts if ``first_speaker`` is ``agent``."""
     first_speaker: Literal["agent", "caller"] = "agent"
-    stt: FakeSttConfig = FakeSttConfig()
-    llm: FakeLlmConfig = FakeLlmConfig()
-    tts: FakeTtsConfig = FakeTtsConfig()
+    stt: SttConfig = FakeSttConfig()
+    llm: LlmConfig = FakeLlmConfig()
+    llm_fallback: LlmConfig | None = None
+    """Used when ``llm`` fails before its first token twice in a row."""
+    tts: TtsConfig = FakeTtsConfig()
+    tts_fallbacks: tuple[TtsConfig, ...] = ()
+    """Tried in order when ``tts`` fails."""
+    apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    """Spoken (through the first TTS that works) when no LLM answers."""
     vad: VadConfig = VadConfig()
     turn: TurnConfig = TurnConfig()
     interruption: InterruptionConfig = InterruptionConfig()
@@ -204,6 +181,19 @@ def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = 
     try:
         return Settings.model_validate(data or {})
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()]
+        lines = [f"{_path(err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()]
         where = f"config {path}" if path is not None else "config"
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from exc
+
+
+_PROVIDER_FIELDS = {"stt", "llm", "llm_fallback", "tts", "tts_fallbacks"}
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    """A field's dotted path, without the provider tags pydantic puts in for tagged unions
+    (``agents.a.tts.ttfb_ms``, not ``agents.a.tts.fake.ttfb_ms``)."""
+    return ".".join(
+        str(part)
+        for i, part in enumerate(loc)
+        if not (i and part in PROVIDER_TAGS and (loc[i - 1] in _PROVIDER_FIELDS or isinstance(loc[i - 1], int)))
+    )

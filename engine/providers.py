@@ -1,21 +1,30 @@
 """Build an agent's STT, LLM and TTS from its configuration.
 
-Each provider name maps to a factory; adapters for cloud and embedded providers register here.
+Vendor SDKs are imported only inside their adapters, and adapters only when an agent uses them,
+so a deployment on fakes or embedded models never imports a cloud SDK.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ringline.config.providers import (
+    DeepgramSttConfig,
+    ElevenLabsTtsConfig,
+    FakeLlmConfig,
+    FakeSttConfig,
+    FakeTtsConfig,
+    LlmConfig,
+    OpenAiLlmConfig,
+    OpenAiTtsConfig,
+    SttConfig,
+    TtsConfig,
+)
 from ringline.config.settings import AgentConfig
 from ringline.engine.audio.clock import Clock
-from ringline.engine.errors import ConfigError
 from ringline.engine.llm.base import Llm
-from ringline.engine.llm.fake import FakeLlm
 from ringline.engine.stt.base import Stt
-from ringline.engine.stt.fake import FakeStt
 from ringline.engine.tts.base import Tts
-from ringline.engine.tts.fake import FakeTts
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,26 +32,59 @@ class Providers:
     stt: Stt
     llm: Llm
     tts: Tts
+    llm_fallback: Llm | None = None
+    tts_fallbacks: tuple[Tts, ...] = ()
 
 
 def build_providers(agent: AgentConfig, clock: Clock) -> Providers:
     """One call's providers (fresh instances: scripted fakes keep per-call state)."""
-    stt: Stt
-    llm: Llm
-    tts: Tts
-    match agent.stt.provider:
-        case "fake":
-            stt = FakeStt(agent.stt, clock)
-        case other:
-            raise ConfigError(f"unknown stt provider {other!r}")
-    match agent.llm.provider:
-        case "fake":
-            llm = FakeLlm(agent.llm, clock)
-        case other:
-            raise ConfigError(f"unknown llm provider {other!r}")
-    match agent.tts.provider:
-        case "fake":
-            tts = FakeTts(agent.tts, clock)
-        case other:
-            raise ConfigError(f"unknown tts provider {other!r}")
-    return Providers(stt, llm, tts)
+    return Providers(
+        stt=build_stt(agent.stt, clock),
+        llm=build_llm(agent.llm, clock),
+        tts=build_tts(agent.tts, clock),
+        llm_fallback=None if agent.llm_fallback is None else build_llm(agent.llm_fallback, clock),
+        tts_fallbacks=tuple(build_tts(c, clock) for c in agent.tts_fallbacks),
+    )
+
+
+def build_stt(config: SttConfig, clock: Clock) -> Stt:
+    match config:
+        case FakeSttConfig():
+            from ringline.engine.stt.fake import FakeStt
+
+            return FakeStt(config, clock)
+        case DeepgramSttConfig():
+            from ringline.engine.stt.deepgram import DeepgramStt
+
+            return DeepgramStt(config, clock)
+    raise AssertionError(f"no adapter for {config!r}")  # the config union and this match disagree
+
+
+def build_llm(config: LlmConfig, clock: Clock) -> Llm:
+    match config:
+        case FakeLlmConfig():
+            from ringline.engine.llm.fake import FakeLlm
+
+            return FakeLlm(config, clock)
+        case OpenAiLlmConfig():
+            from ringline.engine.llm.openai import OpenAiLlm
+
+            return OpenAiLlm(config, clock)
+    raise AssertionError(f"no adapter for {config!r}")
+
+
+def build_tts(config: TtsConfig, clock: Clock) -> Tts:
+    match config:
+        case FakeTtsConfig():
+            from ringline.engine.tts.fake import FakeTts
+
+            return FakeTts(config, clock)
+        case ElevenLabsTtsConfig():
+            from ringline.engine.tts.elevenlabs import ElevenLabsTts
+
+            return ElevenLabsTts(config, clock)
+        case OpenAiTtsConfig():
+            from ringline.engine.tts.openai import OpenAiTts
+
+            return OpenAiTts(config, clock)
+    raise AssertionError(f"no adapter for {config!r}")

@@ -207,7 +207,15 @@ WRONG_TYPES = [
         "agents.default.interruption.enabled: Input should be a valid boolean, unable to interpret input",
     ),
     ("agents = 3\n", "agents: Input should be a valid dictionary"),
-    ('[agents.default.stt]\nprovider = "deepgram"\n', "agents.default.stt.provider: Input should be 'fake'"),
+    (
+        '[agents.default.stt]\nprovider = "deepgram"\n',
+        "agents.default.stt: Value error, api_key is missing: set it here or in the environment as DEEPGRAM_API_KEY",
+    ),
+    (
+        '[agents.default.stt]\nprovider = "whisperx"\n',
+        "agents.default.stt: Input tag 'whisperx' found using _provider() does not match any of the expected tags:"
+        " 'fake', 'deepgram'",
+    ),
 ]
 
 

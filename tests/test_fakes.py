@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from ringline.config.settings import FakeLlmConfig, FakeSttConfig, FakeTtsConfig
+from ringline.config.providers import FakeLlmConfig, FakeSttConfig, FakeTtsConfig
 from ringline.engine.audio.clock import FakeClock
 from ringline.engine.audio.formats import MULAW_8K, PCM16_8K, PCM16_16K, AudioFormat, Encoding
 from ringline.engine.audio.g711 import encode

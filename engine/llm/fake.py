@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 
-from ringline.config.settings import FakeLlmConfig
+from ringline.config.providers import FakeLlmConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.llm.base import Context, LlmEvent, TextDelta, Tool, ToolCall
 

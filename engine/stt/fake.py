@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from ringline.config.settings import FakeSttConfig
+from ringline.config.providers import FakeSttConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.audio.g711 import decode

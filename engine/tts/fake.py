@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from ringline.config.settings import FakeTtsConfig
+from ringline.config.providers import FakeTtsConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding
 from ringline.engine.tts.base import SpeechAudio
