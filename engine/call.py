@@ -18,6 +18,7 @@ from ringline.engine.audio.formats import FRAME_MS, AudioFormat, Encoding
 from ringline.engine.audio.framing import Framer
 from ringline.engine.audio.g711 import decode
 from ringline.engine.audio.resample import AudioConverter
+from ringline.engine.failover import FailoverLlm, FailoverTts
 from ringline.engine.llm.base import Context, Message
 from ringline.engine.metrics import TurnMetrics
 from ringline.engine.playout import Playout
@@ -83,14 +84,16 @@ class Call:
         self._tools = ToolRunner(self._registry, self.context, self)
         self._playout = Playout(transport, clock, agent.playout, self, call_id=call_id)
         self._responder = Responder(
-            llm=providers.llm,
-            tts=providers.tts,
+            llm=FailoverLlm(providers.llm, providers.llm_fallback, self),
+            tts=FailoverTts((providers.tts, *providers.tts_fallbacks), self),
             registry=self._registry,
             tools=self._tools,
             context=self.context,
             playout=self._playout,
             clock=clock,
             max_tool_rounds=agent.max_tool_rounds,
+            apology=agent.apology,
+            faults=self,
             call_id=call_id,
         )
         self._stt: SttSession | None = None
@@ -277,7 +280,7 @@ class Call:
         except Exception as exc:
             # A provider failed mid-reply: the caller keeps the floor, the call goes on.
             log.exception("reply failed", extra=self._extra)
-            self.record.end_detail = f"reply failed: {exc}"
+            self.fault("reply", f"{type(exc).__name__}: {exc}")
             self._playout.end()
 
     async def _abandon_reply(self) -> None:
@@ -302,6 +305,12 @@ class Call:
         self._turn_metrics = None
         if self._hangup_reason is not None:
             self._spawn_end(EndReason.AGENT_HANGUP, self._hangup_reason)
+
+    # -- FaultSink ----------------------------------------------------------------------------
+
+    def fault(self, stage: str, detail: str) -> None:
+        log.warning("%s fault: %s", stage, detail, extra=self._extra)
+        self.record.faults.append({"at": time.time(), "stage": stage, "detail": detail})
 
     # -- CallControl (tools) ------------------------------------------------------------------
 

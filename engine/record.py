@@ -33,5 +33,7 @@ class CallRecord:
     end_detail: str = ""
     transcript: list[dict[str, Any]] = field(default_factory=list)
     turns: list[TurnMetrics] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    """Provider failures during the call: ``{"at", "stage", "detail"}``, in order."""
     protocol_errors: int = 0
     underruns: int = 0

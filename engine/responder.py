@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.resample import AudioConverter
 from ringline.engine.chunker import PhraseChunker
+from ringline.engine.errors import ProviderError
+from ringline.engine.failover import FaultSink, LlmUnavailable
 from ringline.engine.llm.base import Context, Llm, Message, TextDelta, ToolCall
 from ringline.engine.metrics import TurnMetrics
 from ringline.engine.playout import Playout
@@ -77,6 +79,8 @@ class Responder:
         playout: Playout,
         clock: Clock,
         max_tool_rounds: int,
+        apology: str,
+        faults: FaultSink,
         call_id: str,
     ) -> None:
         self._llm = llm
@@ -87,6 +91,8 @@ class Responder:
         self._playout = playout
         self._clock = clock
         self._max_rounds = max_tool_rounds
+        self._apology = apology
+        self._faults = faults
         self._call_id = call_id
         self._phrases: list[_Phrase] = []
         self._messages: list[Message] = []
@@ -100,10 +106,14 @@ class Responder:
         speaker = asyncio.create_task(self._speak(queue, metrics), name=f"tts-{self._call_id}")
         try:
             if script is None:
-                await self._think(queue, metrics)
+                try:
+                    await self._think(queue, metrics)
+                except LlmUnavailable:
+                    self._say(queue, self._apology)
+                except ProviderError as exc:  # the stream broke mid-reply: what was said stands
+                    self._faults.fault("llm", f"stream broke: {exc}")
             else:
-                message = self._commit(Message("assistant", script))
-                self._enqueue(queue, message, PhraseChunker(), script, final=True)
+                self._say(queue, script)
             queue.put_nowait(None)
             await speaker
         finally:
@@ -139,6 +149,10 @@ class Responder:
             if any(self._registry.ends_reply(call.name) for call, _ in calls):
                 return
         log.warning("tool rounds exhausted (%d)", self._max_rounds, extra={"call_id": self._call_id})
+
+    def _say(self, queue: asyncio.Queue[str | None], text: str) -> None:
+        message = self._commit(Message("assistant", text))
+        self._enqueue(queue, message, PhraseChunker(), text, final=True)
 
     def _commit(self, message: Message) -> Message:
         self._messages.append(message)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from ringline.config.providers import FakeLlmConfig
 from ringline.engine.audio.clock import Clock
+from ringline.engine.errors import ProviderError
 from ringline.engine.llm.base import Context, LlmEvent, TextDelta, Tool, ToolCall
 
 _TOOL = re.compile(r"\[tool:(\w+)\s*(\{.*?\})?\]")
@@ -40,6 +41,7 @@ class FakeLlm:
         self._config = config
         self._clock = clock
         self._calls = 0
+        self._failures = 0
 
     def _next_reply(self, context: Context) -> str:
         replies = self._config.replies
@@ -48,6 +50,10 @@ class FakeLlm:
         return reply.replace("{user}", context.last_user_text())
 
     async def stream(self, context: Context, tools: Sequence[Tool]) -> AsyncIterator[LlmEvent]:
+        if self._failures < self._config.fail_first:
+            self._failures += 1
+            await self._clock.sleep_until(self._clock.now() + self._config.ttft_ms / 1000)
+            raise ProviderError(f"scripted failure {self._failures} of {self._config.fail_first}", retryable=True)
         events = parse_reply(self._next_reply(context))
         known = {t.name for t in tools}
         at = self._clock.now() + self._config.ttft_ms / 1000

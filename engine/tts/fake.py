@@ -10,6 +10,7 @@ import numpy as np
 from ringline.config.providers import FakeTtsConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding
+from ringline.engine.errors import ProviderError
 from ringline.engine.tts.base import SpeechAudio
 
 
@@ -40,6 +41,8 @@ class FakeTts:
         step = self.format.bytes_for(cfg.chunk_ms)
         index = 0
         async for text in phrases:
+            if cfg.fail:
+                raise ProviderError("scripted failure", retryable=True)
             pcm = self._render(text)
             at = self._clock.now() + cfg.ttfb_ms / 1000
             for offset in range(0, len(pcm), step):

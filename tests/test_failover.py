@@ -1,0 +1,173 @@
+"""What a reply does when providers fail: retry, fallback, apology; every fault recorded."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ringline.config.providers import FakeLlmConfig, FakeTtsConfig
+from ringline.engine.audio.clock import FakeClock
+from ringline.engine.audio.formats import MULAW_8K
+from ringline.engine.errors import ProviderError
+from ringline.engine.failover import FailoverLlm, FailoverTts, LlmUnavailable, TtsUnavailable
+from ringline.engine.llm.base import Context, Message, TextDelta
+from ringline.engine.llm.fake import FakeLlm
+from ringline.engine.record import EndReason
+from ringline.engine.tts.base import SpeechAudio
+from ringline.engine.tts.fake import FakeTts
+from ringline.engine.turns import TurnState
+from tests.helpers import CallDriver
+from tests.test_call import BOOK, agent
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def fault(self, stage: str, detail: str) -> None:
+        self.seen.append((stage, detail))
+
+
+def context() -> Context:
+    ctx = Context("sys")
+    ctx.add(Message("user", "hello"))
+    return ctx
+
+
+async def text_of(llm: FailoverLlm) -> str:
+    return "".join([e.text async for e in llm.stream(context(), []) if isinstance(e, TextDelta)])
+
+
+def fake_llm(reply: str, fail_first: int = 0) -> FakeLlm:
+    return FakeLlm(FakeLlmConfig(replies=(reply,), fail_first=fail_first), FakeClock())
+
+
+class Refusing:
+    """An LLM whose key is wrong: not worth retrying."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def stream(self, context, tools) -> AsyncIterator[TextDelta]:
+        self.calls += 1
+        raise ProviderError("401 invalid key", retryable=False)
+        yield TextDelta("")  # pragma: no cover - makes this an async generator
+
+
+class Hanging:
+    async def stream(self, context, tools) -> AsyncIterator[TextDelta]:
+        await asyncio.Event().wait()
+        yield TextDelta("")  # pragma: no cover
+
+
+async def test_a_failure_before_the_first_token_is_retried_once():
+    faults = Faults()
+    assert await text_of(FailoverLlm(fake_llm("Hi there.", fail_first=1), None, faults)) == "Hi there."
+    assert faults.seen == [("llm", "llm: scripted failure 1 of 1")]
+
+
+async def test_two_failures_go_to_the_fallback():
+    faults = Faults()
+    llm = FailoverLlm(fake_llm("primary", fail_first=2), fake_llm("From the fallback."), faults)
+    assert await text_of(llm) == "From the fallback."
+    assert [d for _, d in faults.seen] == ["llm: scripted failure 1 of 2", "llm retry: scripted failure 2 of 2"]
+
+
+async def test_a_non_retryable_error_skips_the_retry():
+    faults = Faults()
+    primary = Refusing()
+    assert await text_of(FailoverLlm(primary, fake_llm("Fallback."), faults)) == "Fallback."
+    assert primary.calls == 1
+    assert faults.seen == [("llm", "llm: 401 invalid key")]
+
+
+async def test_nothing_answering_raises_unavailable():
+    faults = Faults()
+    with pytest.raises(LlmUnavailable):
+        await text_of(FailoverLlm(fake_llm("x", fail_first=5), fake_llm("y", fail_first=5), faults))
+    assert len(faults.seen) == 3
+
+
+async def test_a_hanging_provider_is_given_up_within_the_budget():
+    faults = Faults()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(LlmUnavailable):
+        await text_of(FailoverLlm(Hanging(), fake_llm("never reached"), faults, budget_s=0.2))
+    assert loop.time() - started < 1.0
+    assert faults.seen == [("llm", "llm: no first token within the 0.2 s budget")]
+
+
+class FailsAt:
+    """A TTS that speaks phrases and fails on the phrase with the given text."""
+
+    def __init__(self, bad: str) -> None:
+        self.bad = bad
+        self.spoken: list[str] = []
+
+    async def stream(self, phrases, preferred) -> AsyncIterator[SpeechAudio]:
+        from ringline.engine.audio.formats import AudioChunk
+
+        index = 0
+        async for phrase in phrases:
+            if phrase == self.bad:
+                raise ProviderError("socket closed", retryable=True)
+            self.spoken.append(phrase)
+            yield SpeechAudio(index, AudioChunk(b"\xff" * 160, MULAW_8K))
+            index += 1
+
+
+async def phrases(*texts: str) -> AsyncIterator[str]:
+    for t in texts:
+        yield t
+
+
+async def test_the_next_tts_takes_over_from_the_failed_phrase():
+    faults = Faults()
+    first, second = FailsAt("two"), FailsAt("never")
+    out = [
+        a.phrase async for a in FailoverTts([first, second], faults).stream(phrases("one", "two", "three"), MULAW_8K)
+    ]
+    assert out == [0, 1, 2]  # global phrase numbers continue across providers
+    assert first.spoken == ["one"] and second.spoken == ["two", "three"]
+    assert faults.seen == [("tts", "tts 0: socket closed")]
+
+
+async def test_every_tts_failing_raises_unavailable():
+    faults = Faults()
+    tts = [FakeTts(FakeTtsConfig(fail=True), FakeClock()), FakeTts(FakeTtsConfig(fail=True), FakeClock())]
+    with pytest.raises(TtsUnavailable):
+        [a async for a in FailoverTts(tts, faults).stream(phrases("hello"), MULAW_8K)]
+    assert len(faults.seen) == 2
+
+
+# -- whole calls ---------------------------------------------------------------------------------
+
+
+async def call_with(**overrides) -> CallDriver:
+    d = CallDriver(agent(**overrides))
+    await d.start()
+    return d
+
+
+async def test_call_speaks_the_apology_when_no_llm_answers():
+    d = await call_with(**{"llm.fail_first": 9, "apology": "Sorry, say that again?"})
+    await d.say(BOOK)
+    await d.until(lambda: d.phone.media_times)
+    await d.until(lambda: d.call.turn_state is TurnState.LISTENING)
+    assert d.call.transcript()[-1] == {"role": "assistant", "content": "Sorry, say that again?"}
+    assert [f["stage"] for f in d.call.record.faults] == ["llm", "llm"]
+    await d.call.end(EndReason.CALLER_HANGUP)
+
+
+async def test_call_uses_the_fallback_tts():
+    d = CallDriver(
+        agent(**{"tts.fail": True}).model_copy(update={"tts_fallbacks": (FakeTtsConfig(seconds_per_phrase=1.0),)})
+    )
+    await d.start()
+    await d.say(BOOK)
+    await d.until(lambda: d.phone.media_times)
+    await d.until(lambda: d.call.turn_state is TurnState.LISTENING)
+    assert d.phone.heard_seconds() == pytest.approx(1.0, abs=0.021)
+    assert d.call.record.faults[0]["stage"] == "tts"
+    await d.call.end(EndReason.CALLER_HANGUP)
