@@ -72,6 +72,11 @@ class TurnConfig(_Model):
         "of",
     )
     """Trailing words that mean the caller is probably not done."""
+    preemptive_generation: bool = True
+    """Start the reply as soon as the caller's transcript is final and they are silent, while the
+    end-of-turn silence still runs; its audio is held until the turn ends with the same text and
+    thrown away if the caller goes on. Saves up to the end-of-turn silence in latency; costs an
+    LLM request for each discarded start."""
     final_timeout_ms: Ms = 1500
     """How long to wait for the STT final once the silence is long enough; then use what is there."""
 

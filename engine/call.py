@@ -31,7 +31,9 @@ from ringline.engine.transports.base import MediaTransport
 from ringline.engine.turns import (
     AbandonReply,
     Action,
+    DropPrepared,
     Finalize,
+    Prepare,
     Respond,
     ResumeAudio,
     StopAudio,
@@ -107,6 +109,8 @@ class Call:
         """Marks of the reply in progress."""
         self._last_voiced_at: float | None = None
         self._hangup_reason: str | None = None
+        self._prepared: tuple[str, Message] | None = None
+        """The text a held reply was started for, and the user message it answers."""
         self._end_task: asyncio.Task[None] | None = None
         self.last_heard = clock.now()
         """Clock time of the last message from the provider (for the idle watchdog)."""
@@ -251,12 +255,25 @@ class Call:
                 case Finalize():
                     assert self._stt is not None
                     await self._stt.finalize()
+                case Prepare(text):
+                    self._prepared = (text, self.context.add(Message("user", text)))
+                    self.record.preemptive["started"] += 1
+                    self._start_reply(metrics=self._pending, held=True)
+                case DropPrepared():
+                    await self._drop_prepared()
                 case Respond(text):
-                    self.context.add(Message("user", text))
                     metrics = self._pending
                     metrics.turn_committed = self._clock.now()
                     self._pending = TurnMetrics()
-                    self._start_reply(metrics=metrics)
+                    if self._prepared is not None and self._prepared[0] == text:
+                        self._prepared = None
+                        self.record.preemptive["used"] += 1
+                        self.record.turns.append(metrics)
+                        self._responder.release()
+                    else:
+                        await self._drop_prepared()
+                        self.context.add(Message("user", text))
+                        self._start_reply(metrics=metrics)
                 case StopAudio():
                     if self._turn_metrics is not None:
                         self._turn_metrics.interrupted_at = self._clock.now()
@@ -266,15 +283,34 @@ class Call:
                 case AbandonReply():
                     await self._abandon_reply()
 
-    def _start_reply(self, *, metrics: TurnMetrics | None = None, script: str | None = None) -> None:
+    def _start_reply(
+        self, *, metrics: TurnMetrics | None = None, script: str | None = None, held: bool = False
+    ) -> None:
         metrics = metrics or TurnMetrics()
         self._turn_metrics = metrics
-        self.record.turns.append(metrics)
-        self._reply_task = asyncio.create_task(self._reply(metrics, script), name=f"reply-{self.call_id}")
+        if not held:
+            self.record.turns.append(metrics)
+        self._reply_task = asyncio.create_task(self._reply(metrics, script, held), name=f"reply-{self.call_id}")
 
-    async def _reply(self, metrics: TurnMetrics, script: str | None) -> None:
+    async def _drop_prepared(self) -> None:
+        """Throw away a reply prepared for a turn that did not end as expected."""
+        if self._prepared is None:
+            return
+        _, user_message = self._prepared
+        self._prepared = None
+        task, self._reply_task = self._reply_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._playout.abandon()
+        self._responder.forget()
+        self.context.messages[:] = [m for m in self.context.messages if m is not user_message]
+        self._turn_metrics = None
+        self.record.preemptive["discarded"] += 1
+
+    async def _reply(self, metrics: TurnMetrics, script: str | None, held: bool) -> None:
         try:
-            await self._responder.reply(metrics, script)
+            await self._responder.reply(metrics, script, held=held)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

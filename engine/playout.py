@@ -53,6 +53,8 @@ class PlayoutState(enum.Enum):
     """Stopped by a barge-in; unheard audio kept in case the agent resumes."""
     DRAINED = "drained"
     """Everything sent; waiting for the caller to hear the end."""
+    HELD = "held"
+    """A reply prepared before the caller's turn ended: audio is kept, nothing is sent yet."""
 
 
 class Playout:
@@ -112,8 +114,9 @@ class Playout:
 
     # -- feeding a reply ----------------------------------------------------------------------
 
-    def begin(self) -> None:
-        """Start a new reply (dropping whatever is left of the previous one)."""
+    def begin(self, *, held: bool = False) -> None:
+        """Start a new reply (dropping whatever is left of the previous one). A ``held`` reply
+        buffers its audio until ``release``."""
         self._reply += 1
         self._audio.clear()
         self._phrase_starts.clear()
@@ -121,7 +124,13 @@ class Playout:
         self._next_mark = self._sent = self._heard = 0
         self._ended = self._end_mark_sent = self._started = False
         self._origin = None
-        self._set_state(PlayoutState.PLAYING)
+        self._set_state(PlayoutState.HELD if held else PlayoutState.PLAYING)
+
+    def release(self) -> None:
+        """Start sending a held reply."""
+        if self.state is PlayoutState.HELD:
+            self._set_state(PlayoutState.PLAYING)
+            self._wake.set()
 
     def push(self, audio: bytes, phrase: int) -> None:
         """Queue wire-format audio belonging to phrase number ``phrase`` of the reply."""
@@ -171,7 +180,7 @@ class Playout:
     # -- what the caller heard ----------------------------------------------------------------
 
     def heard_bytes(self) -> int:
-        if self.state in (PlayoutState.PAUSED, PlayoutState.IDLE) or self._origin is None:
+        if self.state in (PlayoutState.PAUSED, PlayoutState.IDLE, PlayoutState.HELD) or self._origin is None:
             return self._heard
         estimate = round((self._clock.now() - self._origin) * self._bps)
         return max(self._heard, min(estimate, self._sent))

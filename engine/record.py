@@ -35,5 +35,7 @@ class CallRecord:
     turns: list[TurnMetrics] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     """Provider failures during the call: ``{"at", "stage", "detail"}``, in order."""
+    preemptive: dict[str, int] = field(default_factory=lambda: {"started": 0, "used": 0, "discarded": 0})
+    """Replies prepared before the end of the caller's turn, and what became of them."""
     protocol_errors: int = 0
     underruns: int = 0

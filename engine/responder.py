@@ -96,12 +96,20 @@ class Responder:
         self._call_id = call_id
         self._phrases: list[_Phrase] = []
         self._messages: list[Message] = []
+        self._go = asyncio.Event()
+        """Set when the reply may act (send audio, run tools): at once unless held."""
 
-    async def reply(self, metrics: TurnMetrics, script: str | None = None) -> None:
-        """Speak a reply: from the LLM, or ``script`` verbatim (first message, ``say``)."""
+    async def reply(self, metrics: TurnMetrics, script: str | None = None, *, held: bool = False) -> None:
+        """Speak a reply: from the LLM, or ``script`` verbatim (first message, ``say``).
+
+        A ``held`` reply (preemptive generation) thinks and synthesizes but sends no audio and
+        runs no tool until ``release``: its caller may still throw it away."""
         self._phrases = []
         self._messages = []
-        self._playout.begin()
+        self._go = asyncio.Event()
+        if not held:
+            self._go.set()
+        self._playout.begin(held=held)
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(queue, metrics), name=f"tts-{self._call_id}")
         try:
@@ -134,6 +142,7 @@ class Responder:
                         message.content += event.text
                         self._enqueue(queue, message, chunker, event.text, final=False)
                     else:
+                        await self._go.wait()  # no side effects before the turn is really over
                         calls.append((event, self._tools.start(event)))
                         message.tool_calls += (event,)
                 self._enqueue(queue, message, chunker, "", final=True)
@@ -187,6 +196,18 @@ class Responder:
         if converter is not None:
             playout.push(converter.flush(), phrase)
         playout.end()
+
+    def release(self) -> None:
+        """The held reply is the answer after all: speak it, run its tools."""
+        self._go.set()
+        self._playout.release()
+
+    def forget(self) -> None:
+        """Take the (discarded, held) reply's messages back out of the context."""
+        mine = {id(m) for m in self._messages}
+        self._context.messages[:] = [m for m in self._context.messages if id(m) not in mine]
+        self._messages = []
+        self._phrases = []
 
     def truncate_to_heard(self) -> None:
         """Rewrite this reply's assistant messages to what the caller heard of them."""

@@ -65,7 +65,21 @@ class AbandonReply:
     """The caller took the floor: cancel the reply and keep only what they heard of it."""
 
 
-Action = Finalize | Respond | StopAudio | ResumeAudio | AbandonReply
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Preemptive generation: the caller's text is final and they are silent, but the turn has
+    not ended yet. Start a reply to ``text`` and hold its audio; a ``Respond`` with the same text
+    releases it, ``DropPrepared`` throws it away."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropPrepared:
+    """The caller went on (or the text changed): the prepared reply is not the answer."""
+
+
+Action = Finalize | Respond | StopAudio | ResumeAudio | AbandonReply | Prepare | DropPrepared
 
 
 class TurnTaker:
@@ -85,6 +99,8 @@ class TurnTaker:
         """Finals asked for (``Finalize``) and not yet received."""
         self._heard_words = False
         """Words were transcribed since the caller started talking over the agent."""
+        self._prepared: str | None = None
+        """Text a reply is being prepared for (preemptive generation)."""
 
     def _set_state(self, new: TurnState) -> None:
         log.debug("turn %s -> %s", self.state.value, new.value)
@@ -105,7 +121,13 @@ class TurnTaker:
             self._set_state(TurnState.USER_SPEAKING)
         elif self.state is TurnState.INTERRUPTED:
             self._heard_words = False
-        return []
+        return self._drop_prepared()
+
+    def _drop_prepared(self) -> list[Action]:
+        if self._prepared is None:
+            return []
+        self._prepared = None
+        return [DropPrepared()]
 
     def speech_stopped(self, at: float) -> list[Action]:
         self._speaking_since = None
@@ -194,7 +216,12 @@ class TurnTaker:
         if self._finals_due and silence < required_silence(text, self._turn) + self._turn.final_timeout_ms / 1000:
             return []
         if silence < required_silence(text, self._turn):
+            if self._turn.preemptive_generation and text and not self._finals_due and self._prepared != text:
+                actions = self._drop_prepared()
+                self._prepared = text
+                return [*actions, Prepare(text)]
             return []
+        self._prepared = None  # a prepared reply to this text is the answer (the call checks)
         self._finals.clear()
         self._interim = ""
         self._silent_since = None

@@ -216,3 +216,67 @@ async def test_idle_watchdog_ends_a_call_whose_provider_went_silent(driver):
     assert d.phone.hung_up
     watchdog.cancel()
     await asyncio.gather(watchdog, return_exceptions=True)
+
+
+def realistic(**overrides):
+    """Published cloud latencies (STT final 150 ms, LLM first token 350 ms, TTS first audio
+    150 ms) and a 500 ms end-of-turn silence, where preemptive generation has room to help."""
+    base = {
+        "stt.final_latency_ms": 150,
+        "llm.ttft_ms": 350,
+        "tts.ttfb_ms": 150,
+        "turn.silence_ms": 500,
+        "turn.sentence_end_silence_ms": 500,
+        "turn.continuation_silence_ms": 500,
+    }
+    return agent(**(base | overrides))
+
+
+async def first_reply_latency(d: CallDriver) -> float:
+    last = await d.say(BOOK)
+    return await d.until(lambda: d.phone.media_times) - last
+
+
+async def test_preemptive_generation_answers_sooner_with_the_same_words(driver):
+    slow = await driver(realistic(**{"turn.preemptive_generation": False}))
+    fast = await driver(realistic(**{"turn.preemptive_generation": True}))
+    without, with_ = await first_reply_latency(slow), await first_reply_latency(fast)
+    # Without: silence 500 + LLM 350 + TTS 150. With: the LLM starts when the final lands
+    # (VAD stop 160 + STT 150 after the speech), so about 190 ms sooner.
+    assert without == pytest.approx(1.0, abs=0.03)
+    assert without - with_ == pytest.approx(0.19, abs=0.03)
+    await fast.until(lambda: fast.call.turn_state is TurnState.LISTENING)
+    assert fast.call.transcript() == [
+        {"role": "user", "content": "Tell me more."},
+        {"role": "assistant", "content": "Sure, here is the answer"},
+    ]
+    assert fast.call.record.preemptive == {"started": 1, "used": 1, "discarded": 0}
+
+
+async def test_a_prepared_reply_is_discarded_when_the_caller_goes_on(driver):
+    d = await driver(realistic(**{"stt.transcripts": ["I'd like a table", "for two."]}))
+    await d.say(BOOK)
+    await d.wait(0.4)  # final in and a reply prepared, but not 500 ms of silence yet
+    assert d.call.record.preemptive["started"] == 1
+    assert d.phone.media_times == []  # a prepared reply sends nothing
+    await d.say(PRICES)
+    await d.until(lambda: d.phone.media_times)
+    await d.until(lambda: d.call.turn_state is TurnState.LISTENING)
+    assert [m.content for m in d.call.context.messages if m.role == "user"] == ["I'd like a table for two."]
+    assert d.call.record.preemptive == {"started": 2, "used": 1, "discarded": 1}
+    assert len([m for m in d.call.context.messages if m.role == "assistant"]) == 1
+
+
+async def test_a_prepared_reply_runs_no_tool_before_the_turn_ends(driver):
+    registry = default_registry()
+    ran: list[float] = []
+
+    async def book(args, control):
+        ran.append(d.clock.now())
+        return "booked"
+
+    registry.register(Tool("book", "Book a table"), book)
+    d = await driver(realistic(**{"llm.replies": ["[tool:book {}]", "Done."], "llm.ttft_ms": 0}), registry)
+    last = await d.say(BOOK)
+    await d.until(lambda: d.phone.media_times)
+    assert ran and ran[0] - last >= 0.5 - 0.021  # only once the 500 ms silence had passed

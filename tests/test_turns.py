@@ -13,7 +13,9 @@ from ringline.config.settings import InterruptionConfig, TurnConfig, VadConfig
 from ringline.engine.turns import (
     AbandonReply,
     Action,
+    DropPrepared,
     Finalize,
+    Prepare,
     Respond,
     ResumeAudio,
     StopAudio,
@@ -25,7 +27,13 @@ from ringline.engine.vad.activity import SpeechStarted, SpeechStopped, VoiceActi
 FRAME_S = 0.02
 
 # Distinct values so a test can tell which one was used.
-TURN = TurnConfig(silence_ms=500, sentence_end_silence_ms=300, continuation_silence_ms=1200, final_timeout_ms=1000)
+TURN = TurnConfig(
+    silence_ms=500,
+    sentence_end_silence_ms=300,
+    continuation_silence_ms=1200,
+    final_timeout_ms=1000,
+    preemptive_generation=False,  # its own tests below
+)
 BARGE = InterruptionConfig(min_speech_ms=200, min_words=0, false_interruption_timeout_ms=800)
 
 
@@ -652,3 +660,47 @@ def test_turn_waits_for_the_final_of_every_finalize() -> None:
     assert f.transcript("I need a table") == []  # the first final
     assert [(k, a) for k, a in f.run(200) if isinstance(a, Respond)] == []  # the second is still due
     assert f.transcript("for two.") == [Respond("I need a table for two.")]
+
+
+# -- preemptive generation -----------------------------------------------------------------------
+
+PREEMPT = TURN.model_copy(update={"preemptive_generation": True})
+
+
+def test_prepare_as_soon_as_the_final_is_in_and_respond_with_the_same_text_at_the_end_of_the_silence():
+    f = Floor(PREEMPT)
+    f.speech_started(50)
+    assert f.speech_stopped(100) == [Finalize()]
+    f.run(110)
+    assert f.transcript("Book a table.") == [Prepare("Book a table.")]
+    assert f.run(200) == [(115, Respond("Book a table."))]  # 300 ms after frame 100
+
+
+def test_caller_going_on_drops_the_prepared_reply():
+    f = Floor(PREEMPT)
+    f.speech_started(50)
+    f.speech_stopped(100)
+    f.run(110)
+    assert f.transcript("Book a table") == [Prepare("Book a table")]
+    assert f.speech_started(112) == [DropPrepared()]
+    f.speech_stopped(150)
+    f.run(160)
+    assert f.transcript("for two.") == [Prepare("Book a table for two.")]
+    assert f.run(300) == [(165, Respond("Book a table for two."))]
+
+
+def test_a_second_final_changing_the_text_replaces_the_prepared_reply():
+    f = Floor(PREEMPT)
+    f.speech_started(50)
+    f.speech_stopped(100)
+    f.run(110)
+    assert f.transcript("Book") == [Prepare("Book")]
+    assert f.transcript("it.", final=True) == [DropPrepared(), Prepare("Book it.")]
+
+
+def test_no_preparing_while_a_final_is_still_due_or_for_noise():
+    f = Floor(PREEMPT)
+    f.speech_started(50)
+    f.speech_stopped(100)
+    assert f.run(110) == []  # silent, but the final is not in
+    assert f.transcript("") == []  # no words: nothing to answer

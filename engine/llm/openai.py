@@ -1,0 +1,349 @@
+"""OpenAI Chat Completions behind the ``Llm`` seam: api.openai.com, or any server speaking that API
+(vLLM, llama.cpp server, Ollama) through ``base_url``. The only module that imports ``openai``.
+
+One streamed request per ``stream()``: text deltas are yielded as they arrive; tool calls are
+assembled from their fragments by ``index`` and each is yielded as soon as it is complete (a
+later index starts, or the stream ends). The SDK does not retry (``max_retries=0``): the caller
+decides (retry once before the first token, then the fallback provider).
+
+Failures are ``ProviderError``:
+
+- connection errors, timeouts, HTTP 408/409/429/5xx, a stream cut mid-way, an error event in the
+  stream, and a stream that ends without ``finish_reason``: ``retryable=True``;
+- HTTP 400/401/403/404 and other 4xx: ``retryable=False``;
+- no first token within ``first_token_timeout_s``, or no complete reply within ``timeout_s``
+  (both on the injected clock): the request is cancelled, ``retryable=True``.
+
+The messages never contain the API key (it is redacted should a server echo it), and errors are
+raised ``from None`` so the SDK's exception (with the raw response body) is not chained into
+logged tracebacks.
+
+Choices:
+
+- Tool-call arguments that are not a JSON object: the tool is called with ``{}`` and a warning is
+  logged. The tool's own error then reaches the LLM as its result, and it can try again: one
+  garbled call does not fail the caller's turn.
+- The output limit is sent as ``max_completion_tokens`` to api.openai.com (its reasoning models
+  reject ``max_tokens``) and as ``max_tokens`` to every other server (what vLLM, llama.cpp and
+  Ollama all accept).
+- Reasoning deltas (``reasoning_content``) are not spoken and do not count as the first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+import openai
+import orjson
+from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
+
+from ringline.config.providers import OpenAiLlmConfig
+from ringline.engine.audio.clock import Clock
+from ringline.engine.errors import ProviderError
+from ringline.engine.llm.base import Context, LlmEvent, Message, TextDelta, Tool, ToolCall
+
+log = logging.getLogger(__name__)
+
+OPENAI_URL = "https://api.openai.com/v1"
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+"""Plus every 5xx."""
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client: building one loads the CA bundle (~40 ms)."""
+    return httpx2.create_ssl_context()
+
+
+class OpenAiLlm:
+    def __init__(self, config: OpenAiLlmConfig, clock: Clock) -> None:
+        self._config = config
+        self._clock = clock
+        self._secret = config.api_key.get_secret_value()
+        base_url = config.base_url or OPENAI_URL
+        self._token_param = "max_completion_tokens" if urlsplit(base_url).hostname == "api.openai.com" else "max_tokens"
+        self._client = openai.AsyncOpenAI(
+            api_key=self._secret,
+            base_url=base_url,
+            max_retries=0,
+            timeout=config.timeout_s,
+            http_client=openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=config.timeout_s),
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.close()
+
+    def request(self, context: Context, tools: Sequence[Tool]) -> dict[str, Any]:
+        """The arguments of ``chat.completions.create`` for this context."""
+        config = self._config
+        kwargs: dict[str, Any] = {
+            "model": config.model,
+            "messages": [to_openai_message(m) for m in context.messages],
+            "stream": True,
+            "temperature": config.temperature,
+        }
+        if config.max_tokens is not None:
+            kwargs[self._token_param] = config.max_tokens
+        if tools:
+            kwargs["tools"] = [to_openai_tool(t) for t in tools]
+            kwargs["parallel_tool_calls"] = config.parallel_tool_calls
+        return kwargs
+
+    async def stream(self, context: Context, tools: Sequence[Tool]) -> AsyncIterator[LlmEvent]:
+        kwargs = self.request(context, tools)
+        config = self._config
+        task = asyncio.current_task()
+        assert task is not None
+        watchdog = _Watchdog(self._clock, task, config.first_token_timeout_s, config.timeout_s)
+        calls = ToolCallAssembler()
+        stream: openai.AsyncStream[ChatCompletionChunk] | None = None
+        finished = False
+        try:
+            watchdog.start()
+            try:
+                watchdog.waiting = True
+                stream = await self._client.chat.completions.create(**kwargs)
+            finally:
+                watchdog.waiting = False
+            while (chunk := await self._next(stream, watchdog)) is not None:
+                if not chunk.choices:
+                    continue  # the usage chunk
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if delta.content:
+                    watchdog.started = True
+                    yield TextDelta(delta.content)
+                if delta.tool_calls:
+                    watchdog.started = True
+                    for call in calls.feed(delta.tool_calls):
+                        yield call
+                if choice.finish_reason is not None:
+                    finished = True
+                    if choice.finish_reason not in ("stop", "tool_calls"):
+                        log.warning("openai reply ended early: finish_reason %s", choice.finish_reason)
+                if watchdog.expired:
+                    raise ProviderError(watchdog.expired, retryable=True)
+            for call in calls.finish():
+                yield call
+            if not finished:
+                raise ProviderError("openai: the stream ended without a finish_reason", retryable=True)
+        except asyncio.CancelledError:
+            if watchdog.claim_cancellation():
+                raise ProviderError(watchdog.expired, retryable=True) from None
+            raise
+        except openai.APIError as exc:
+            raise ProviderError(self._redact(describe(exc)), retryable=is_retryable(exc)) from None
+        finally:
+            await watchdog.stop()
+            if stream is not None:
+                await stream.close()
+
+    @staticmethod
+    async def _next(stream: openai.AsyncStream[ChatCompletionChunk], watchdog: _Watchdog) -> ChatCompletionChunk | None:
+        if watchdog.expired:
+            raise ProviderError(watchdog.expired, retryable=True)
+        watchdog.waiting = True
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+        except ValueError as exc:  # a chunk that is not JSON or not a chunk
+            raise ProviderError(f"openai: malformed stream chunk ({type(exc).__name__})", retryable=True) from None
+        finally:
+            watchdog.waiting = False
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "[redacted]") if len(self._secret) >= 4 else text
+
+
+# -- request mapping ------------------------------------------------------------------------------
+
+
+def to_openai_message(message: Message) -> dict[str, Any]:
+    """A context message in the Chat Completions shape. An interrupted assistant message already
+    holds only what the caller heard: it goes as is."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if message.role == "assistant" and message.tool_calls:
+        return {
+            "role": "assistant",
+            "content": message.content or None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": orjson.dumps(call.arguments).decode()},
+                }
+                for call in message.tool_calls
+            ],
+        }
+    return {"role": message.role, "content": message.content}
+
+
+def to_openai_tool(tool: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def is_retryable(exc: openai.APIError) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+    return True  # connection errors, timeouts, an error event mid-stream
+
+
+def describe(exc: openai.APIError) -> str:
+    """One line for operators, from the parts of the SDK's error that are safe to show."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "openai: request timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        return f"openai: connection error ({type(cause).__name__}: {cause})" if cause else "openai: connection error"
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = body.get("message") if isinstance(body.get("message"), str) else exc.message
+    code = exc.code or exc.type
+    if isinstance(exc, openai.APIStatusError):
+        text = f"openai: HTTP {exc.status_code}" + (f" {code}" if code else "") + f": {message}"
+        if retry_after := exc.response.headers.get("retry-after"):
+            text += f" (retry after {retry_after} s)"
+        return text
+    return "openai: error in the stream" + (f" {code}" if code else "") + f": {message}"
+
+
+# -- stream assembly ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class ToolCallAssembler:
+    """Tool-call deltas in, complete ``ToolCall``s out. Fragments are grouped by ``index`` (id and
+    name come first, the arguments in pieces); a call is complete when a later index starts or
+    the stream ends."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, _PendingCall] = {}
+        self._last = -1
+
+    def feed(self, deltas: Sequence[ChoiceDeltaToolCall]) -> list[ToolCall]:
+        complete: list[ToolCall] = []
+        for delta in deltas:
+            index = delta.index
+            if index is None:  # some servers leave it out: a new id is a new call
+                current = self._pending.get(self._last)
+                index = self._last + 1 if current is None or (delta.id and delta.id != current.id) else self._last
+            if index < self._last and index not in self._pending:
+                log.warning("openai: fragment of tool call %d after it was complete: ignored", index)
+                continue
+            if index > self._last:
+                complete += self._complete(below=index)
+                self._last = index
+            pending = self._pending.setdefault(index, _PendingCall())
+            if delta.id and not pending.id:
+                pending.id = delta.id
+            if (function := delta.function) is not None:
+                if function.name and not pending.name:
+                    pending.name = function.name
+                if function.arguments:
+                    pending.arguments.append(function.arguments)
+        return complete
+
+    def finish(self) -> list[ToolCall]:
+        return self._complete(below=None)
+
+    def _complete(self, below: int | None) -> list[ToolCall]:
+        ready = sorted(i for i in self._pending if below is None or i < below)
+        return [_tool_call(self._pending.pop(i)) for i in ready]
+
+
+def _tool_call(pending: _PendingCall) -> ToolCall:
+    call_id = pending.id or Context.new_call_id()
+    if not pending.name:
+        log.warning("openai: tool call %s has no name", call_id)
+    return ToolCall(call_id, pending.name, parse_arguments("".join(pending.arguments), pending.name, call_id))
+
+
+def parse_arguments(text: str, name: str, call_id: str) -> dict[str, Any]:
+    """The arguments object; ``{}`` (and a warning) when they are not a JSON object."""
+    if not text.strip():
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        log.warning("openai: tool call %s %s: arguments are not JSON (%s): calling it with {}", name, call_id, exc)
+        return {}
+    if not isinstance(value, dict):
+        log.warning("openai: tool call %s %s: arguments are a JSON %s: calling it with {}", name, call_id, type(value).__name__)
+        return {}
+    return value
+
+
+# -- deadlines on the injected clock --------------------------------------------------------------
+
+
+class _Watchdog:
+    """``asyncio.timeout`` on the injected clock, for the two deadlines of one request. Past a
+    deadline, if the consumer's task is waiting on the provider it is cancelled (and the
+    cancellation claimed back as a ``ProviderError``, like ``asyncio.timeout`` turns it into
+    ``TimeoutError``); if it is elsewhere (the stream is suspended at a ``yield``), ``expired`` is
+    raised when the stream resumes: the consumer's own awaits are never cancelled."""
+
+    def __init__(self, clock: Clock, task: asyncio.Task[Any], first_token_s: float, total_s: float) -> None:
+        self._clock = clock
+        self._task = task
+        self._first_token_s = first_token_s
+        self._total_s = total_s
+        self._baseline = task.cancelling()
+        self._cancelled = False
+        self._watch: asyncio.Task[None] | None = None
+        self.waiting = False
+        """The consumer's task is inside the SDK (awaiting headers or a chunk)."""
+        self.started = False
+        """The first token has arrived."""
+        self.expired = ""
+        """Why the request failed, once a deadline passed."""
+
+    def start(self) -> None:
+        self._watch = asyncio.create_task(self._run(self._clock.now()), name="openai-deadline")
+
+    async def _run(self, origin: float) -> None:
+        end = origin + self._total_s
+        await self._clock.sleep_until(min(end, origin + self._first_token_s))
+        if not self.started and self._first_token_s < self._total_s:
+            self._expire(f"openai: no first token within {self._first_token_s:g} s")
+            return
+        await self._clock.sleep_until(end)
+        self._expire(f"openai: no complete reply within {self._total_s:g} s")
+
+    def _expire(self, reason: str) -> None:
+        self.expired = reason
+        if self.waiting:
+            self._cancelled = True
+            self._task.cancel()
+
+    def claim_cancellation(self) -> bool:
+        """In ``except CancelledError``: True when the cancellation was ours alone."""
+        return self._cancelled and self._task.uncancel() <= self._baseline
+
+    async def stop(self) -> None:
+        if self._watch is not None and not self._watch.done():
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
