@@ -30,6 +30,20 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "calls": len(request.app[CALLS])})
 
 
+@routes.get("/calls/{call_id}")
+async def get_call(request: web.Request) -> web.Response:
+    """A live call's record so far, or a finished call's record."""
+    calls = request.app[CALLS]
+    call_id = request.match_info["call_id"]
+    if (live := calls.get(call_id)) is not None:
+        record = live.record
+        body = record.to_dict() | {"status": live.status.value, "transcript": live.transcript()}
+        return web.json_response(body)
+    if (record := calls.find_record(call_id)) is not None:
+        return web.json_response(record.to_dict() | {"status": "ended"})
+    return web.json_response({"error": {"code": "not_found", "message": f"no call {call_id}"}}, status=404)
+
+
 @routes.get("/media/twilio")
 async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]

@@ -39,3 +39,20 @@ class CallRecord:
     """Replies prepared before the end of the caller's turn, and what became of them."""
     protocol_errors: int = 0
     underruns: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: what the API returns and webhooks carry."""
+        return {
+            "call_id": self.call_id,
+            "agent": self.agent,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "end_reason": None if self.end_reason is None else self.end_reason.value,
+            "end_detail": self.end_detail,
+            "transcript": list(self.transcript),
+            "turns": [turn.breakdown_ms() for turn in self.turns],
+            "faults": list(self.faults),
+            "preemptive": dict(self.preemptive),
+            "protocol_errors": self.protocol_errors,
+            "underruns": self.underruns,
+        }

@@ -242,3 +242,20 @@ async def test_socket_that_never_starts_is_closed_after_the_timeout(serve):
         await ws.send_str('{"event":"connected","protocol":"Call","version":"1.0.0"}')
         msg = await ws.receive(timeout=10)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+async def test_call_record_is_served_by_id(serve):
+    server = await serve()
+    result = await run_call(server.ws_url, clip_script(3, 1, reply_timeout_s=5))
+    await server.record(result.call_sid)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{server.url}/calls/{result.call_sid}") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        async with session.get(f"{server.url}/calls/CAnope") as missing:
+            assert missing.status == 404
+            assert (await missing.json())["error"]["code"] == "not_found"
+    assert body["status"] == "ended" and body["end_reason"] == "caller_hangup"
+    assert [t["role"] for t in body["transcript"]] == ["user", "assistant"]
+    (turn,) = body["turns"]
+    assert turn["first_audio_sent"] is not None and turn["first_audio_sent"] > turn["stt_final"]
