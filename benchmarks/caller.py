@@ -9,6 +9,7 @@ Library::
 CLI (uvloop)::
 
     python -m ringline.benchmarks.caller --url ws://127.0.0.1:8080/media/twilio --calls 10 --turns 3
+    python -m ringline.benchmarks.caller --url ... --calls 10 --turns 4 --barge-in-ms 300  # talk over replies
 
 Modules: ``script`` (what the caller does, what happened), ``session`` (the sans-IO caller),
 ``playback`` (Twilio's playback buffer, sans-IO), ``wire`` (messages), ``call`` (``run_call``,
@@ -67,12 +68,18 @@ def clip_script(
     wait_for_greeting: bool = False,
     custom_parameters: dict[str, str] | None = None,
     max_call_s: float | None = None,
+    barge_in_after_ms: float | None = None,
 ) -> CallerScript:
-    """``turns`` utterances cycling through the speech clips, call ``i`` starting at clip ``i``."""
+    """``turns`` utterances cycling through the speech clips, call ``i`` starting at clip ``i``.
+
+    With ``barge_in_after_ms``, every utterance after the first starts that long after the
+    previous reply's first audio arrived (talking over the agent), not ``pause_ms`` after it ended.
+    """
     utterances = []
     for j in range(turns):
         name = SPEECH_CLIPS[(call_index + j) % len(SPEECH_CLIPS)]
-        utterances.append(Utterance(load_clip(name), CLIP_TEXTS[name]))
+        barge = barge_in_after_ms if j > 0 else None
+        utterances.append(Utterance(load_clip(name), CLIP_TEXTS[name], barge_in_after_ms=barge))
     bound = max_call_s if max_call_s is not None else 30.0 + turns * (reply_timeout_s + 15.0)
     return CallerScript(
         tuple(utterances),
@@ -107,6 +114,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--pause-ms", type=float, default=400.0, help="reply played out -> next utterance (default 400)")
     p.add_argument("--reply-timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
+    p.add_argument(
+        "--barge-in-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="speak every utterance after the first MS ms after the previous reply's first audio arrived "
+        "(talking over the agent) instead of after the reply ended; reports agent stop times",
+    )
     p.add_argument("--greeting", action="store_true", help="the agent speaks first: wait for its greeting")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="start.customParameters entry")
     p.add_argument("--server-pid", type=int, default=None, help="sample this process's CPU and RSS")
@@ -117,6 +132,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.allow_remote and not is_loopback_url(args.url):
         p.error(f"{args.url} is not a loopback address; pass --allow-remote to call it")
+    if args.barge_in_ms is not None and args.barge_in_ms < 0:
+        p.error("--barge-in-ms must not be negative")
     for item in args.param:
         if "=" not in item:
             p.error(f"--param {item!r}: want KEY=VALUE")
@@ -134,6 +151,7 @@ async def _main(args: argparse.Namespace) -> LoadReport:
             reply_timeout_s=args.reply_timeout,
             wait_for_greeting=args.greeting,
             custom_parameters=params,
+            barge_in_after_ms=args.barge_in_ms,
         )
 
     return await run_load(

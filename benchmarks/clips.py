@@ -91,10 +91,10 @@ def vad_flags(ulaw: bytes, mode: int = 3) -> list[bool]:
     """webrtcvad's verdict (``mode`` 0-3) on each whole 20 ms frame of ``ulaw``."""
     import webrtcvad
 
-    from ringline.benchmarks.recording import ulaw_to_pcm16
+    from ringline.engine.audio import ulaw_decode
 
     vad = webrtcvad.Vad(mode)
-    pcm = ulaw_to_pcm16(ulaw).astype("<i2").tobytes()
+    pcm = ulaw_decode(ulaw)
     return [vad.is_speech(pcm[i * 320 : (i + 1) * 320], RATE) for i in range(len(ulaw) // FRAME_BYTES)]
 
 

@@ -1,12 +1,14 @@
 """Concurrency benchmark: N simultaneous simulated calls against one server process on one core.
 
-    python -m ringline.benchmarks.concurrency [--calls 1,10,50,100,200] [--turns 3]
+    python -m ringline.benchmarks.concurrency [--calls 1,10,50,100,200] [--turns 3] [--barge-in-ms 300]
 
 Starts ``ringline serve --config config/bench.toml --port <free port>`` pinned to core 0 (or,
 with ``--fake``, the caller's own fake agent, to measure the simulator alone), waits for
 ``GET /health`` to answer 200, then for each N runs the caller CLI pinned to core 1 in a
 subprocess (``taskset -c 1 python -m ringline.benchmarks.caller ... --json``), and prints a
 markdown table. ``--url`` and ``--server-pid`` use a server that is already running instead.
+``--barge-in-ms MS`` is passed to the caller (every utterance after the first talks over the
+previous reply, MS ms after its first audio) and adds the barge-in columns.
 Only loopback addresses are targeted; every run has a timeout; the server it started is stopped
 with SIGTERM at the end.
 """
@@ -50,6 +52,15 @@ COLUMNS = [
     ("caller CPU %", "caller_cpu_pct", ".0f"),
     ("host steal %", "host_steal_pct", ".1f"),
 ]
+BARGE_IN_COLUMNS = [
+    ("barge-ins cleared", None, ""),
+    ("barge-in stop p95 ms", "agent_stop_p95_ms", ".0f"),
+]
+# columns showing "a/b" of two report keys
+RATIOS = {
+    "turns answered": ("turns_answered", "turns_expected"),
+    "barge-ins cleared": ("talked_over_cleared", "talked_over_turns"),
+}
 
 
 def free_port() -> int:
@@ -143,6 +154,8 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace) -> dict[str
         ]  # fmt: skip
         for param in args.param:
             cmd += ["--param", param]
+        if args.barge_in_ms is not None:
+            cmd += ["--barge-in-ms", str(args.barge_in_ms)]
         # ramp (<= 5 s) + per turn: ~2.5 s speech, reply, pauses; reply timeout 10 s worst case
         timeout = 60.0 + args.turns * 20.0
         try:
@@ -157,16 +170,17 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace) -> dict[str
         return report
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str | None, str]] = COLUMNS) -> str:
     lines = [
-        "| " + " | ".join(title for title, _, _ in COLUMNS) + " |",
-        "|" + "|".join("---:" for _ in COLUMNS) + "|",
+        "| " + " | ".join(title for title, _, _ in columns) + " |",
+        "|" + "|".join("---:" for _ in columns) + "|",
     ]
     for row in rows:
         cells = []
-        for title, key, spec in COLUMNS:
-            if title == "turns answered":
-                cells.append(f"{row.get('turns_answered', '-')}/{row.get('turns_expected', '-')}")
+        for title, key, spec in columns:
+            if title in RATIOS:
+                part, whole = RATIOS[title]
+                cells.append(f"{row.get(part, '-')}/{row.get(whole, '-')}")
             else:
                 value = row.get(key) if key else None
                 cells.append("-" if value is None else format(value, spec))
@@ -187,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--barge-in-ms", type=float, default=None, metavar="MS", help="pass to the caller: talk over replies"
+    )
     p.add_argument("--json", type=Path, default=None, help="write all reports here")
     args = p.parse_args(argv)
     if args.url is not None and not is_loopback_url(args.url):
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- {n} calls", file=sys.stderr)
             rows.append(run_caller(url, pid, n, args))
             time.sleep(1.0)  # let the server settle between runs
-    print(markdown_table(rows))
+    print(markdown_table(rows, COLUMNS + BARGE_IN_COLUMNS if args.barge_in_ms is not None else COLUMNS))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0 if all("error" not in r and not r.get("failed_calls") for r in rows) else 1

@@ -22,12 +22,11 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from ringline.benchmarks.clips import load_clip
-from ringline.benchmarks.recording import ULAW_TO_PCM16
+from ringline.benchmarks.recording import ulaw_to_pcm16
 from ringline.benchmarks.wire import encode_frames
 
-FRAME_BYTES = 160
 FRAME_S = 0.020
-_ABS = np.abs(ULAW_TO_PCM16.astype(np.int32))
+_ABS = np.abs(ulaw_to_pcm16(bytes(range(256))).astype(np.int32))  # |PCM16| of each mu-law byte
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,14 @@ grids do not line up), waits for all of them, and aggregates:
 - audio per wall second: sum of reply audio seconds / sum of reply spans, a span being first
   message arrival -> last message arrival + that message's audio. 1.0 is real time; below 1.0
   the server fell behind.
+- barge-in, over every talked-over turn of every call (the caller's speech started while agent
+  audio was playing at the caller, e.g. ``Utterance(barge_in_after_ms=...)``): how many there
+  were, how many had the agent audio cut by a ``clear``, and ``agent_stop_ms`` median, p95 and
+  max: send time of the caller's first speech frame -> the moment the agent audio stopped
+  playing at the caller, i.e. the clear's arrival at the caller (read off the socket by the
+  caller's event loop), or, if no clear came while audio was still queued, the moment the
+  caller's playback buffer ran dry. Turns whose agent audio was still playing when the call
+  ended have no stop time and are left out of the stop figures (but counted as talked over).
 - the caller's own health: late_frames (media frames sent 20 ms or more after their slot), the
   caller process's CPU %, and the host's steal time (CPU the hypervisor gave to other guests, %
   of all cores): late frames with a caller well under 100 % CPU point at the machine, not the
@@ -61,6 +69,11 @@ class LoadReport:
     reply_span_s: float = 0.0
     audio_per_wall_s: float | None = None
     clears: int = 0
+    talked_over_turns: int = 0  # caller speech started while agent audio played (barge-ins)
+    talked_over_cleared: int = 0  # of those, agent audio cut by a clear
+    agent_stop_median_ms: float | None = None  # talked-over turns: speech start -> agent audio stopped
+    agent_stop_p95_ms: float | None = None
+    agent_stop_max_ms: float | None = None
     protocol_errors: int = 0
     frames_sent: int = 0
     late_frames: int = 0
@@ -98,6 +111,12 @@ class LoadReport:
             f"max send lag {self.max_send_lag_ms:.1f} ms, CPU {_num(self.caller_cpu_pct, '.0f')} %; "
             f"host steal {_num(self.host_steal_pct, '.1f')} %",
         ]
+        if self.talked_over_turns:
+            lines.append(
+                f"barge-in: talked-over turns {self.talked_over_turns}, agent audio cleared "
+                f"{self.talked_over_cleared}/{self.talked_over_turns}; agent stop median "
+                f"{ms(self.agent_stop_median_ms)}, p95 {ms(self.agent_stop_p95_ms)}, max {ms(self.agent_stop_max_ms)}"
+            )
         if self.server_pid is not None:
             lines.append(
                 f"server pid {self.server_pid}: CPU {_num(self.server_cpu_pct, '.1f')} % "
@@ -231,6 +250,7 @@ def aggregate(results: list[CallResult], scripts: list[CallerScript]) -> LoadRep
     report = LoadReport(calls=len(results), results=results)
     report.turns_expected = sum(len(s.utterances) for s in scripts)
     latencies: list[float] = []
+    stops: list[float] = []
     for r in results:
         if r.error is not None:
             report.failed_calls += 1
@@ -245,6 +265,11 @@ def aggregate(results: list[CallResult], scripts: list[CallerScript]) -> LoadRep
             if turn.answered and turn.latency_ms is not None:
                 report.turns_answered += 1
                 latencies.append(turn.latency_ms)
+            if turn.talked_over:
+                report.talked_over_turns += 1
+                report.talked_over_cleared += turn.agent_cleared
+                if turn.agent_stop_ms is not None:
+                    stops.append(turn.agent_stop_ms)
         for reply in [r.greeting, *(t.reply for t in r.turns)]:
             span = reply.span_s
             if span is None:
@@ -255,11 +280,16 @@ def aggregate(results: list[CallResult], scripts: list[CallerScript]) -> LoadRep
             report.gaps_over_60ms += reply.gaps_over_60ms
             report.max_underrun_ms = max(report.max_underrun_ms, reply.max_underrun_ms)
             report.underruns_over_60ms += reply.max_underrun_ms > 60.0
-    if latencies:
-        arr = np.asarray(latencies)
-        report.latency_median_ms = float(np.median(arr))
-        report.latency_p95_ms = float(np.percentile(arr, 95))
-        report.latency_max_ms = float(arr.max())
+    report.latency_median_ms, report.latency_p95_ms, report.latency_max_ms = _summary(latencies)
+    report.agent_stop_median_ms, report.agent_stop_p95_ms, report.agent_stop_max_ms = _summary(stops)
     if report.reply_span_s > 0:
         report.audio_per_wall_s = report.reply_audio_s / report.reply_span_s
     return report
+
+
+def _summary(values: list[float]) -> tuple[float | None, float | None, float | None]:
+    """Median, p95 (linear interpolation between closest ranks) and max; Nones if empty."""
+    if not values:
+        return None, None, None
+    arr = np.asarray(values)
+    return float(np.median(arr)), float(np.percentile(arr, 95)), float(arr.max())

@@ -90,7 +90,8 @@ class PlaybackBuffer:
         """Drop the unplayed audio; returns every pending mark (all echoed at once)."""
         if self.segments and self.end_time > now:
             seg = self.segments[-1]
-            # whole samples played by now (floor, so the buffer is idle at ``now`` afterwards)
+            # whole samples played by now: floor, with slack for float error in the times, so the
+            # cut end is ``now`` to the sample but may land a hair (~1e-13 s) after it
             played = min(seg.samples, max(0, math.floor((now - seg.start) * RATE + 1e-9)))
             self.cleared_samples += seg.samples - played
             seg.samples = played

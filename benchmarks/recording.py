@@ -2,7 +2,8 @@
 
 The caller's audio is placed at the media clock of the frames it sent (frame k at k * 20 ms),
 the agent's at the moment the caller's playback buffer played it (so what the caller heard,
-including cuts made by ``clear``). Both are decoded to PCM16 at 8 kHz with a G.711 table.
+including cuts made by ``clear``). Both are decoded to PCM16 at 8 kHz by the engine's G.711
+decoder.
 """
 
 from __future__ import annotations
@@ -13,23 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-RATE = 8000
+from ringline.engine.audio import MULAW_8K, ulaw_decode
 
-
-def _ulaw_table() -> np.ndarray:
-    """G.711 mu-law byte -> PCM16 sample, for all 256 bytes."""
-    u = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (u >> 4) & 0x07
-    mantissa = u & 0x0F
-    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude).astype(np.int16)
-
-
-ULAW_TO_PCM16 = _ulaw_table()
+RATE = MULAW_8K.sample_rate
 
 
 def ulaw_to_pcm16(ulaw: bytes | bytearray) -> np.ndarray:
-    return ULAW_TO_PCM16[np.frombuffer(ulaw, dtype=np.uint8)]
+    """mu-law bytes -> PCM16 samples (read-only array)."""
+    return np.frombuffer(ulaw_decode(bytes(ulaw)), dtype="<i2")
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,10 @@ class Turn:
     talked_over: bool  # agent audio was playing when the speech started
     speech_end: float | None = None  # send time of the last speech frame
     answered: bool = False  # reply audio arrived within reply_timeout_s of speech_end
-    agent_stop_ms: float | None = None  # talked_over turns: speech start -> agent audio stopped
+    # talked_over turns: speech start -> the agent audio the caller hears stopped (a clear's
+    # arrival, or the playback buffer running dry); None if neither happened before the call ended
+    agent_stop_ms: float | None = None
+    agent_cleared: bool = False  # talked_over turns: that stop was a clear cutting audio still queued
     reply: Reply = field(default_factory=Reply)
 
     @property

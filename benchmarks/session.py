@@ -33,6 +33,7 @@ from ringline.benchmarks.wire import (
     encode_frames,
     new_sid,
     parse_server_message,
+    split_frames,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class CallerSession:
         self._pending_marks: list[MarkEcho] = []  # in buffer order, not yet echoed
         self._next_utt = 0  # index of the next utterance to speak
         self._frames: tuple[str, ...] = ()  # base64 frames of the utterance being spoken
-        self._frame_audio = b""  # its raw audio, for the recording
+        self._frame_audio: tuple[bytes, ...] = ()  # the same frames raw, for the recording
         self._pos = 0  # next frame of it (dtmf digits first)
         self._turn: Turn | None = None  # the turn being spoken
         self._reply = self.result.greeting  # the reply agent audio is attributed to
@@ -144,8 +145,9 @@ class CallerSession:
             self._count("clear")
             self.result.clears += 1
             self._reply.cleared = True
+            cuts = not self.buffer.idle(t)  # else the audio had already played out
             self._echo(self.buffer.clear(t), t, self._outbox)
-            self._check_agent_stopped(t)
+            self._check_agent_stopped(t, cleared=cuts)
         return bool(self._outbox)
 
     def closed(self, now: float, code: int | None) -> None:
@@ -217,10 +219,19 @@ class CallerSession:
             record.echoed_at = t
             self.result.marks.append(record)
 
-    def _check_agent_stopped(self, t: float) -> None:
+    def _check_agent_stopped(self, t: float, *, cleared: bool = False) -> None:
+        """Settle the pending talked-over turn once the agent audio it talked over has stopped.
+
+        The stop is when playback ended (``buffer.end_time``): for a clear that cut audio
+        (``cleared``), its arrival to the sample; otherwise the moment the buffer ran dry, however
+        much later that is noticed. A cut is settled without asking ``idle``: the cut end is
+        rounded to whole samples and can land a float's hair after ``t``.
+        """
         turn = self._talked_over
-        if turn is not None and self.buffer.idle(t):
-            turn.agent_stop_ms = max(0.0, self.buffer.end_time - turn.speech_start) * 1000.0
+        if turn is not None and (cleared or self.buffer.idle(t)):
+            stopped_at = min(self.buffer.end_time, t)
+            turn.agent_stop_ms = max(0.0, stopped_at - turn.speech_start) * 1000.0
+            turn.agent_cleared = cleared
             self._talked_over = None
 
     def _check_reply_over(self, t: float) -> None:
@@ -293,7 +304,7 @@ class CallerSession:
             self._talked_over = turn
         self._turn = turn
         self._frames = encode_frames(utt.audio)
-        self._frame_audio = utt.audio
+        self._frame_audio = split_frames(utt.audio) if self._record else ()
         self._pos = -len(utt.dtmf)
         self._next_utt += 1
         self._set_phase(Phase.SPEAKING)
@@ -314,7 +325,7 @@ class CallerSession:
             elif pos < len(self._frames):
                 payload = self._frames[pos]
                 if self._record:
-                    audio = self._frame_audio[pos * 160 : pos * 160 + 160].ljust(160, b"\xff")
+                    audio = self._frame_audio[pos]
             self._pos = pos + 1
         out.append(self.writer.media(k, payload))
         if self._record:

@@ -1,7 +1,8 @@
 """Twilio Media Streams messages as the caller (Twilio's side) writes and reads them.
 
 Outbound media is the hot path (50 messages a second per call): the JSON is a ``%`` template
-per stream with the base64 payloads of each clip encoded once (``encode_frames`` caches them),
+per stream with the base64 payloads of each clip encoded once (``encode_frames`` caches them,
+framed by the engine's ``Framer``),
 so only sequenceNumber, chunk and timestamp are formatted per frame. The rare messages
 (start, dtmf, mark, stop) go through orjson.
 
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 
 import orjson
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-SILENCE = b"\xff" * FRAME_BYTES  # mu-law zero
+from ringline.engine.audio import MULAW_8K, Framer, frame_bytes, silence
+
+FRAME_BYTES = frame_bytes(MULAW_8K)  # 20 ms of 8 kHz mu-law: 160
+SILENCE = silence(MULAW_8K)  # mu-law zero
 SILENCE_B64 = base64.b64encode(SILENCE).decode("ascii")
 
 
@@ -34,13 +37,18 @@ def new_sid(prefix: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
+def split_frames(audio: bytes) -> tuple[bytes, ...]:
+    """The 20 ms frames of mu-law ``audio``; the last one padded with silence."""
+    framer = Framer.for_format(MULAW_8K)
+    frames = framer.feed(audio)
+    tail = framer.flush()
+    return (*frames, tail) if tail else tuple(frames)
+
+
+@functools.lru_cache(maxsize=256)
 def encode_frames(audio: bytes) -> tuple[str, ...]:
-    """Base64 of each 20 ms frame of ``audio``; the last frame is padded with silence."""
-    frames = []
-    for i in range(0, len(audio), FRAME_BYTES):
-        frame = audio[i : i + FRAME_BYTES]
-        frames.append(base64.b64encode(frame.ljust(FRAME_BYTES, b"\xff")).decode("ascii"))
-    return tuple(frames)
+    """Base64 of each frame of ``split_frames(audio)``."""
+    return tuple(base64.b64encode(frame).decode("ascii") for frame in split_frames(audio))
 
 
 class StreamWriter:

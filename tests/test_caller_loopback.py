@@ -170,3 +170,24 @@ async def test_run_load_reports_over_all_calls(serve: Serve) -> None:
     assert report.reply_audio_s == pytest.approx(0.9)
     assert report.frames_sent == sum(r.frames_sent for r in report.results)
     assert "turns answered 3/3" in report.format()
+
+
+async def test_run_load_reports_barge_ins_the_agent_cleared(serve: Serve) -> None:
+    agent, url = await serve(reply_s=1.0, barge_in_ms=100.0)
+
+    def barge_script(i: int) -> CallerScript:
+        return short_script(Utterance(SPEECH, "hi"), Utterance(SPEECH, "wait", barge_in_after_ms=200.0))
+
+    report = await run_load(url, 2, barge_script, ramp_s=0.05)
+    assert (report.calls, report.failed_calls) == (2, 0)
+    assert report.talked_over_turns == 2
+    assert report.talked_over_cleared == 2 == sum(c.clears_sent for c in agent.calls)
+    stops = sorted(r.turns[1].agent_stop_ms for r in report.results)
+    assert report.agent_stop_max_ms == stops[-1]
+    assert report.agent_stop_median_ms == pytest.approx(sum(stops) / 2)
+    # the agent clears on the caller's fifth speech frame, sent 80 ms after the first; the clear's
+    # arrival is the stop, so it cannot come sooner (a frame may go out up to 2 ms early)
+    assert stops[0] >= 75.0 and stops[-1] <= 400.0
+    for r in report.results:
+        assert r.turns[0].reply.cleared and r.turns[0].reply.audio_s < 1.0  # the rest never came
+    assert "agent audio cleared 2/2" in report.format()

@@ -9,7 +9,7 @@ import pytest
 
 from ringline.benchmarks.script import CallerScript, EndReason, Utterance
 from ringline.benchmarks.session import CallerSession, Phase
-from ringline.benchmarks.wire import SILENCE_B64, WireError, parse_server_message
+from ringline.benchmarks.wire import SILENCE_B64, WireError, encode_frames, parse_server_message, split_frames
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -151,8 +151,46 @@ def test_barge_in_utterance_talks_over_the_agent_and_clear_echoes_pending_marks(
     assert call.result.clears == 1
     assert call.result.turns[0].reply.cleared
     assert turn.agent_stop_ms == pytest.approx(100.0)
+    assert turn.agent_cleared
     assert call.result.marks[0].due_at == pytest.approx(2.3)
     assert call.result.marks[0].echoed_at == pytest.approx(0.6)
+
+
+def test_a_clear_settles_the_barge_in_on_a_millisecond_clock() -> None:
+    # Times as uvloop reports them (whole ms of a large loop time): the cut end rounds to
+    # 3.1810000000001346 while the clear arrived at t = 3.18100000000004, a hair before it.
+    call = CallerSession(script(Utterance(SPEECH), Utterance(SPEECH * 10, barge_in_after_ms=300.0)))
+    call.open(3104.923)
+    run_until(call, 3105.2)
+    call.receive(media(call, 0.58), 3107.725)
+    run_until(call, 3108.09)
+    turn = call.result.turns[1]
+    assert turn.talked_over and turn.speech_start == pytest.approx(3.12)
+    call.receive(clear(call), 3108.104)
+    assert call.buffer.cleared_samples == 4640 - 3032
+    assert turn.agent_cleared
+    assert turn.agent_stop_ms == pytest.approx(61.0)
+
+
+def test_agent_audio_that_plays_out_stops_the_barge_in_without_a_clear() -> None:
+    call = CallerSession(script(Utterance(SPEECH), Utterance(SPEECH * 20, barge_in_after_ms=200.0)))
+    call.open(0.0)
+    run_until(call, 0.2)
+    call.receive(media(call, 0.5), 0.3)  # plays 0.3 .. 0.8; the caller talks from 0.5
+    run_until(call, 0.9)
+    turn = call.result.turns[1]
+    assert turn.talked_over and turn.speech_start == pytest.approx(0.5)
+    assert turn.agent_stop_ms == pytest.approx(300.0)  # heard the agent until its audio ran out
+    assert not turn.agent_cleared
+    call.receive(clear(call), 0.95)  # a late clear cuts nothing and changes nothing
+    assert not turn.agent_cleared and turn.agent_stop_ms == pytest.approx(300.0)
+
+
+def test_split_frames_pads_the_last_frame_with_mulaw_silence() -> None:
+    frames = split_frames(bytes(range(200)))
+    assert [len(f) for f in frames] == [160, 160]
+    assert frames[0] == bytes(range(160)) and frames[1] == bytes(range(160, 200)) + b"\xff" * 120
+    assert encode_frames(bytes(range(200)))[1] == base64.b64encode(frames[1]).decode()
 
 
 def test_unanswered_turn_times_out_and_the_script_goes_on() -> None:
