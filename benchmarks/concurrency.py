@@ -143,8 +143,9 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
             print(f"server log kept: {log_file.name}", file=sys.stderr)
 
 
-def run_caller(url: str, pid: int, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One caller run in a pinned subprocess; its JSON report, or an error row."""
+def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_calls: bool = False) -> dict[str, Any]:
+    """One caller run in a pinned subprocess; its JSON report (with per-call detail if
+    ``keep_calls``), or an error row."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         cmd = _pin(args.caller_core) + [
@@ -166,7 +167,8 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace) -> dict[str
         if not out.exists():
             return {"calls": n, "error": f"caller exited {proc.returncode}: {proc.stderr.strip()[-500:]}"}
         report = json.loads(out.read_text())
-        report.pop("calls_detail", None)
+        if not keep_calls:
+            report.pop("calls_detail", None)
         return report
 
 

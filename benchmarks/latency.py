@@ -1,0 +1,122 @@
+"""Reply latency with providers at published cloud latencies, preemptive generation on and off.
+
+    python -m ringline.benchmarks.latency [--calls 1,100] [--turns 3] [--config config/bench_latency.toml]
+
+For each setting (preemptive generation off, then on) starts ``ringline serve`` pinned to core 0,
+runs the caller simulator pinned to core 1 for each N, then reads every call's record from
+``GET /calls/{id}`` for the server's per-stage breakdown (ms after the caller's last voiced frame
+reached the server). Prints one markdown table: caller-measured latency median/p95, the median of
+each stage, and how often a prepared reply was used or thrown away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import tomllib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ringline.benchmarks.concurrency import REPO, run_caller, started_server
+
+STAGES = ("stt_final", "turn_committed", "llm_first_token", "tts_first_audio", "first_audio_sent")
+
+
+def _with_preemptive(config: Path, enabled: bool, tmp: Path) -> Path:
+    """A copy of ``config`` with every agent's ``turn.preemptive_generation`` set."""
+    data = tomllib.loads(config.read_text())
+    for agent in data.get("agents", {}).values():
+        agent.setdefault("turn", {})["preemptive_generation"] = enabled
+    out = tmp / f"{config.stem}-preemptive-{'on' if enabled else 'off'}.toml"
+    out.write_text(_dump(data))
+    return out
+
+
+def _dump(data: dict[str, Any], prefix: str = "") -> str:
+    """Minimal TOML writer for the config shapes Ringline uses (tables, scalars, arrays)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in scalars.items())
+    for key, table in tables.items():
+        name = f"{prefix}.{key}" if prefix else key
+        body = _dump(table, name)
+        if any(not isinstance(v, dict) for v in table.values()):
+            text += f"\n[{name}]\n"
+        text += body
+    return text
+
+
+def _records(base: str, sids: list[str]) -> list[dict[str, Any]]:
+    records = []
+    for sid in sids:
+        with urllib.request.urlopen(f"{base}/calls/{sid}", timeout=10) as resp:
+            records.append(json.loads(resp.read()))
+    return records
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def measure(config: Path, preemptive: bool, calls: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        args.config = _with_preemptive(config, preemptive, Path(tmp))
+        with started_server(args) as (url, pid):
+            base = "http" + url[2:].removesuffix("/media/twilio")
+            for n in calls:
+                report = run_caller(url, pid, n, args, keep_calls=True)
+                sids = [c["call_sid"] for c in report.get("calls_detail", [])]
+                records = _records(base, sids)
+                turns = [t for r in records for t in r["turns"] if t.get("first_audio_sent") is not None]
+                row = {
+                    "preemptive": "on" if preemptive else "off",
+                    "calls": n,
+                    "answered": f"{report.get('turns_answered')}/{report.get('turns_expected')}",
+                    "median": report.get("latency_median_ms"),
+                    "p95": report.get("latency_p95_ms"),
+                    **{stage: _median([t[stage] for t in turns if t.get(stage) is not None]) for stage in STAGES},
+                    "prepared used": sum(r["preemptive"]["used"] for r in records),
+                    "prepared discarded": sum(r["preemptive"]["discarded"] for r in records),
+                    "server CPU %": report.get("server_cpu_pct"),
+                }
+                print(json.dumps(row), file=sys.stderr)
+                rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ringline.benchmarks.latency", description=__doc__.split("\n")[0])
+    p.add_argument("--calls", default="1,100", help="comma-separated N (default 1,100)")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--config", type=Path, default=REPO / "config" / "bench_latency.toml")
+    p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--caller-core", type=int, default=1)
+    args = p.parse_args(argv)
+    args.url = args.server_pid = None
+    args.fake = False
+    args.param = []
+    args.barge_in_ms = None
+    calls = [int(n) for n in args.calls.split(",")]
+    config = args.config
+    rows = measure(config, False, calls, args) + measure(config, True, calls, args)
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---:" for _ in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
