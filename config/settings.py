@@ -118,6 +118,8 @@ class AgentConfig(_Model):
     """Tried in order when ``tts`` fails."""
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     """Spoken (through the first TTS that works) when no LLM answers."""
+    stt_failure_message: str = "Sorry, I can't hear you right now. Please call back in a moment. Goodbye."
+    """Spoken before hanging up when speech recognition fails for good."""
     vad: VadConfig = VadConfig()
     turn: TurnConfig = TurnConfig()
     interruption: InterruptionConfig = InterruptionConfig()

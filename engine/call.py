@@ -18,6 +18,7 @@ from ringline.engine.audio.formats import FRAME_MS, AudioFormat, Encoding
 from ringline.engine.audio.framing import Framer
 from ringline.engine.audio.g711 import decode
 from ringline.engine.audio.resample import AudioConverter
+from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverLlm, FailoverTts
 from ringline.engine.llm.base import Context, Message
 from ringline.engine.metrics import TurnMetrics
@@ -108,7 +109,8 @@ class Call:
         self._turn_metrics: TurnMetrics | None = None
         """Marks of the reply in progress."""
         self._last_voiced_at: float | None = None
-        self._hangup_reason: str | None = None
+        self._hangup: tuple[EndReason, str] | None = None
+        """Why to end the call once the caller has heard the current reply."""
         self._prepared: tuple[str, Message] | None = None
         """The text a held reply was started for, and the user message it answers."""
         self._end_task: asyncio.Task[None] | None = None
@@ -243,6 +245,13 @@ class Call:
                     await self._apply(actions)
         except asyncio.CancelledError:
             raise
+        except ProviderError as exc:
+            # The agent can no longer hear: say so rather than go silent, then hang up.
+            self.fault("stt", str(exc))
+            await self._abandon_reply()
+            self._hangup = (EndReason.ERROR, f"stt failed: {exc}")
+            self._turns.agent_speaks()
+            self._start_reply(script=self.agent.stt_failure_message)
         except Exception as exc:
             log.exception("STT failed", extra=self._extra)
             self._spawn_end(EndReason.ERROR, f"stt: {exc}")
@@ -339,8 +348,8 @@ class Call:
     def playout_finished(self) -> None:
         self._turns.reply_finished()
         self._turn_metrics = None
-        if self._hangup_reason is not None:
-            self._spawn_end(EndReason.AGENT_HANGUP, self._hangup_reason)
+        if self._hangup is not None:
+            self._spawn_end(*self._hangup)
 
     # -- FaultSink ----------------------------------------------------------------------------
 
@@ -351,7 +360,7 @@ class Call:
     # -- CallControl (tools) ------------------------------------------------------------------
 
     def request_hangup(self, reason: str) -> None:
-        self._hangup_reason = reason
+        self._hangup = (EndReason.AGENT_HANGUP, reason)
         if self._turns.state is TurnState.LISTENING:
             self._spawn_end(EndReason.AGENT_HANGUP, reason)
 

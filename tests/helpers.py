@@ -11,7 +11,7 @@ from ringline.config.settings import AgentConfig
 from ringline.engine.audio.clock import Clock, FakeClock
 from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.call import Call
-from ringline.engine.providers import build_providers
+from ringline.engine.providers import Providers, build_providers
 from ringline.engine.tools import ToolRegistry
 
 
@@ -108,12 +108,13 @@ class CallDriver:
     """Runs a ``Call`` frame by frame on a fake clock: each step sends one 20 ms frame, lets
     every task run, delivers due marks and advances time by 20 ms."""
 
-    def __init__(self, agent: AgentConfig, registry: ToolRegistry | None = None) -> None:
+    def __init__(
+        self, agent: AgentConfig, registry: ToolRegistry | None = None, providers: Providers | None = None
+    ) -> None:
         self.clock = FakeClock(1000.0)
         self.phone = Phone(self.clock)
-        self.call = Call(
-            "CA-test", "default", agent, self.phone, build_providers(agent, self.clock), self.clock, registry=registry
-        )
+        providers = providers or build_providers(agent, self.clock)
+        self.call = Call("CA-test", "default", agent, self.phone, providers, self.clock, registry=registry)
         self.phone.call = self.call
         self.speech_started_at: list[float] = []
 

@@ -1,6 +1,7 @@
 """What a reply does when providers fail: retry, fallback, apology; every fault recorded."""
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +13,7 @@ from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverLlm, FailoverTts, LlmUnavailable, TtsUnavailable
 from ringline.engine.llm.base import Context, Message, TextDelta
 from ringline.engine.llm.fake import FakeLlm
+from ringline.engine.providers import build_providers
 from ringline.engine.record import EndReason
 from ringline.engine.tts.base import SpeechAudio
 from ringline.engine.tts.fake import FakeTts
@@ -171,3 +173,47 @@ async def test_call_uses_the_fallback_tts():
     assert d.phone.heard_seconds() == pytest.approx(1.0, abs=0.021)
     assert d.call.record.faults[0]["stage"] == "tts"
     await d.call.end(EndReason.CALLER_HANGUP)
+
+
+class DeadStt:
+    """An STT whose connection is lost for good after the first utterance."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    async def open(self, offered):
+        session = await self._inner.open(offered)
+        dead = asyncio.Event()
+
+        class Session:
+            format = session.format
+
+            async def send(self, audio):
+                await session.send(audio)
+
+            async def finalize(self):
+                dead.set()
+
+            async def __aiter__(self):
+                await dead.wait()
+                raise ProviderError("reconnect failed for 3 s", retryable=False)
+                yield  # pragma: no cover
+
+            async def aclose(self):
+                await session.aclose()
+
+        return Session()
+
+
+async def test_losing_the_stt_for_good_says_so_and_hangs_up():
+    config = agent(stt_failure_message="I can't hear you. Goodbye.")
+    providers = build_providers(config, FakeClock())
+    d = CallDriver(config, providers=dataclasses.replace(providers, stt=DeadStt(providers.stt)))
+    await d.start()
+    await d.say(BOOK)
+    await d.until(lambda: d.call.status.value == "ended")
+    assert d.call.transcript() == [{"role": "assistant", "content": "I can't hear you. Goodbye."}]
+    assert d.phone.heard_seconds() == pytest.approx(2.0, abs=0.021)  # two phrases, 1 s each
+    assert d.call.record.end_reason is EndReason.ERROR
+    assert d.call.record.end_detail == "stt failed: reconnect failed for 3 s"
+    assert d.call.record.faults[0]["stage"] == "stt"
