@@ -11,7 +11,7 @@ from aiohttp import web
 from ringline.config.settings import Settings
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
-from ringline.engine.providers import build_providers
+from ringline.engine.providers import build_providers, warm_up
 from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
 from ringline.engine.transports.events import CallStarted
@@ -85,6 +85,10 @@ def make_app(settings: Settings) -> web.Application:
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].end_all(EndReason.SERVER_SHUTDOWN, settings.server.shutdown_timeout_s)
 
+    async def load_models(app: web.Application) -> None:
+        await warm_up(settings.agents.values(), progress=log.info)
+
+    app.on_startup.append(load_models)
     app.on_shutdown.append(end_calls)
     app.cleanup_ctx.append(_idle_watchdog)
     return app

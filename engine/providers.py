@@ -6,6 +6,9 @@ so a deployment on fakes or embedded models never imports a cloud SDK.
 
 from __future__ import annotations
 
+import importlib
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ringline.config.providers import (
@@ -113,3 +116,28 @@ def build_tts(config: TtsConfig, clock: Clock) -> Tts:
 
             return EspeakTts(config, clock)
     raise AssertionError(f"no adapter for {config!r}")
+
+
+_EMBEDDED = {
+    WhisperSttConfig: "ringline.engine.stt.whisper",
+    MoonshineSttConfig: "ringline.engine.stt.moonshine",
+    PiperTtsConfig: "ringline.engine.tts.piper",
+    EspeakTtsConfig: "ringline.engine.tts.espeak",
+}
+"""Providers whose models load into this process: warmed up before the first call."""
+
+
+async def warm_up(agents: Iterable[AgentConfig], progress: Callable[[str], None]) -> None:
+    """Load and exercise every embedded model the agents use (once per distinct config), so the
+    first caller does not wait for a model to load. Reports each step to ``progress``."""
+    seen: set[object] = set()
+    for agent in agents:
+        for config in (agent.stt, agent.tts, *agent.tts_fallbacks):
+            module = _EMBEDDED.get(type(config))
+            if module is None or config in seen:
+                continue
+            seen.add(config)
+            progress(f"loading {config.provider} ...")
+            started = time.perf_counter()
+            await importlib.import_module(module).warm_up(config)
+            progress(f"{config.provider} ready in {time.perf_counter() - started:.1f} s")
