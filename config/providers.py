@@ -140,8 +140,9 @@ class OpenAiLlmConfig(_Keyed):
     max_tokens: int | None = Field(300, gt=0)
     timeout_s: float = Field(10.0, gt=0)
     """Whole request."""
-    first_token_timeout_s: float = Field(3.0, gt=0)
-    """No first token by then: the attempt failed (retried once, then the fallback)."""
+    first_token_timeout_s: float = Field(1.2, gt=0)
+    """No first token by then: the attempt failed (retried once, then the fallback). The whole
+    failover gets 2 s before the agent apologizes, so keep this well under that."""
     parallel_tool_calls: bool = True
 
 

@@ -130,7 +130,13 @@ class Call:
 
     async def start(self) -> None:
         """Open the STT session, start owned tasks, speak the first message if the agent goes first."""
-        self._stt = stt = await self._providers.stt.open(self._wire)
+        try:
+            self._stt = stt = await self._providers.stt.open(self._wire)
+        except ProviderError as exc:
+            self._playout.start()
+            self._set_status(CallStatus.ACTIVE)
+            await self._cannot_hear(exc)
+            return
         if stt.format == self._wire:
             self._stt_takes_wire = True
         elif stt.format != self._pcm_format:
@@ -163,6 +169,7 @@ class Call:
                 await self._stt.aclose()
             except Exception:
                 log.warning("closing STT failed", exc_info=True, extra=self._extra)
+        await self._close_providers()
         if reason is not EndReason.CALLER_HANGUP:
             await self._transport.hangup()
         self._finish_record()
@@ -203,8 +210,9 @@ class Call:
     async def _on_frame(self, frame: bytes) -> None:
         pcm = decode(frame, self._wire.encoding) if self._wire.encoding is not Encoding.PCM16 else frame
         stt = self._stt
-        assert stt is not None
-        if self._stt_takes_wire:
+        if stt is None:  # recognition failed to start: the call is saying so and ending
+            pass
+        elif self._stt_takes_wire:
             await stt.send(frame)
         elif self._stt_converter is not None:
             await stt.send(self._stt_converter.convert(pcm))
@@ -246,15 +254,30 @@ class Call:
         except asyncio.CancelledError:
             raise
         except ProviderError as exc:
-            # The agent can no longer hear: say so rather than go silent, then hang up.
-            self.fault("stt", str(exc))
-            await self._abandon_reply()
-            self._hangup = (EndReason.ERROR, f"stt failed: {exc}")
-            self._turns.agent_speaks()
-            self._start_reply(script=self.agent.stt_failure_message)
+            await self._cannot_hear(exc)
         except Exception as exc:
             log.exception("STT failed", extra=self._extra)
             self._spawn_end(EndReason.ERROR, f"stt: {exc}")
+
+    async def _cannot_hear(self, exc: ProviderError) -> None:
+        """Speech recognition is gone for good: say so rather than go silent, then hang up."""
+        self.fault("stt", str(exc))
+        await self._abandon_reply()
+        self._hangup = (EndReason.ERROR, f"stt failed: {exc}")
+        self._turns.agent_speaks()
+        self._start_reply(script=self.agent.stt_failure_message)
+
+    async def _close_providers(self) -> None:
+        """Release what the call's provider adapters hold (HTTP clients, sockets)."""
+        p = self._providers
+        for provider in (p.stt, p.llm, p.llm_fallback, p.tts, *p.tts_fallbacks):
+            aclose = getattr(provider, "aclose", None)
+            if aclose is None:
+                continue
+            try:
+                await aclose()
+            except Exception:
+                log.warning("closing %s failed", type(provider).__name__, exc_info=True, extra=self._extra)
 
     # -- actions ------------------------------------------------------------------------------
 
@@ -262,8 +285,8 @@ class Call:
         for action in actions:
             match action:
                 case Finalize():
-                    assert self._stt is not None
-                    await self._stt.finalize()
+                    if self._stt is not None:
+                        await self._stt.finalize()
                 case Prepare(text):
                     self._prepared = (text, self.context.add(Message("user", text)))
                     self.record.preemptive["started"] += 1

@@ -127,12 +127,24 @@ _EMBEDDED = {
 """Providers whose models load into this process: warmed up before the first call."""
 
 
+_CLOUD = {
+    DeepgramSttConfig: "ringline.engine.stt.deepgram",
+    OpenAiLlmConfig: "ringline.engine.llm.openai",
+    ElevenLabsTtsConfig: "ringline.engine.tts.elevenlabs",
+    OpenAiTtsConfig: "ringline.engine.tts.openai",
+}
+"""Adapters whose SDK import takes up to ~1.5 s: imported at start-up, not on the first call."""
+
+
 async def warm_up(agents: Iterable[AgentConfig], progress: Callable[[str], None]) -> None:
-    """Load and exercise every embedded model the agents use (once per distinct config), so the
-    first caller does not wait for a model to load. Reports each step to ``progress``."""
+    """Import the cloud SDKs and load and exercise every embedded model the agents use (once per
+    distinct config), so the first caller does not wait. Reports each step to ``progress``."""
+    agents = list(agents)
+    for module in {_CLOUD[type(c)] for a in agents for c in _configs(a) if type(c) in _CLOUD}:
+        importlib.import_module(module)
     seen: set[object] = set()
     for agent in agents:
-        for config in (agent.stt, agent.tts, *agent.tts_fallbacks):
+        for config in _configs(agent):
             module = _EMBEDDED.get(type(config))
             if module is None or config in seen:
                 continue
@@ -141,3 +153,7 @@ async def warm_up(agents: Iterable[AgentConfig], progress: Callable[[str], None]
             started = time.perf_counter()
             await importlib.import_module(module).warm_up(config)
             progress(f"{config.provider} ready in {time.perf_counter() - started:.1f} s")
+
+
+def _configs(agent: AgentConfig) -> list[object]:
+    return [agent.stt, agent.llm, agent.llm_fallback, agent.tts, *agent.tts_fallbacks]

@@ -1,0 +1,538 @@
+"""Deepgram live transcription (``/v1/listen`` over WebSocket) through the official ``deepgram-sdk``.
+
+The call's native audio goes out as is (``mulaw``/``alaw`` 8 kHz, ``linear16`` at any rate).
+
+Tasks, all owned by the session: a supervisor started in ``open`` holds the connection (the
+SDK's ``connect`` context) and reconnects; per connection it runs a sender, a receiver and a
+watch (KeepAlive when no audio went out for ``keepalive_s``; abort when a Finalize goes
+unanswered). ``aclose`` sends CloseStream, waits a bounded time for the server to finish, then
+aborts and cancels.
+
+``send`` is on the call's 20 ms frame path: it only appends the frame to two deques and wakes
+the sender (about a microsecond). The *outbox* is what the sender still has to write to the
+current socket (audio frames and control markers, in order). The *replay buffer* is the audio no
+final result has covered yet (at most ``_REPLAY_LIMIT_S``): each final's ``start + duration``
+acknowledges the audio before it. When the socket drops, the supervisor reconnects, replays the
+buffer (re-sending a Finalize still unanswered at its place), and shifts the new connection's
+word times by where the replay starts, so times keep increasing and no word is lost. When
+reconnecting fails for ``give_up_after_s``, or the server refuses the key, the transcript
+iterator raises ``ProviderError(retryable=False)``.
+
+The API key goes only into the SDK's ``Authorization`` header: the SDK masks it in the
+``websockets`` debug log and in its errors, and the errors raised here are built from status
+codes, never from the SDK's exception text.
+
+SDK notes (deepgram-sdk 7.17): ``AsyncDeepgramClient`` builds an ``httpx.AsyncClient`` unless
+given one (see ``_NoHttp``); every connect spends ~2.5 ms of CPU in the SDK's ``get_headers``
+(``importlib.metadata.version``); the socket is the deprecated ``websockets.legacy`` client, whose
+import warns, which offers permessage-deflate and, for ``wss://``, makes a fresh TLS context per
+connection (~40-60 ms of CPU here), with no way through the SDK to pass one; and the SDK has no
+abort, so a server that stops answering is cut off at the transport of the socket it wraps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import warnings
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ringline.config.providers import DeepgramSttConfig
+from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.formats import AudioFormat, Encoding
+from ringline.engine.errors import ProviderError
+from ringline.engine.stt.base import Transcript, Word
+
+with warnings.catch_warnings():
+    # The SDK imports ``websockets.legacy`` and the legacy ``InvalidStatusCode``: both warn.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import httpx
+    from deepgram import AsyncDeepgramClient
+    from deepgram.core.api_error import ApiError
+    from deepgram.environment import DeepgramClientEnvironment
+    from deepgram.listen.client import AsyncListenClient  # noqa: F401  (the SDK imports it lazily: warn here)
+    from deepgram.listen.v1.client import AsyncV1Client  # noqa: F401
+    from deepgram.listen.v1.socket_client import AsyncV1SocketClient
+    from deepgram.listen.v1.types import ListenV1Error, ListenV1Results
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+log = logging.getLogger(__name__)
+
+_ENCODINGS = {Encoding.MULAW: "mulaw", Encoding.ALAW: "alaw", Encoding.PCM16: "linear16"}
+_OPEN_TIMEOUT_S = 5.0
+"""The first connection (in ``open``): longer than a reconnect, a call can wait for it."""
+_CLOSE_TIMEOUT_S = 2.0
+"""After CloseStream: how long the server may take to send its last results and close."""
+_REPLAY_LIMIT_S = 30.0
+"""Audio kept for replay when no final covers it; older audio is dropped (and so are its words)."""
+_MAX_MESSAGE_S = 0.5
+"""Queued audio (a replay, a slow socket) goes out in messages of at most this much."""
+_WATCH_TICK_S = 0.25
+_RETRY_DELAYS_S = (0.0, 0.1, 0.25, 0.5)
+"""Pauses before successive reconnect attempts (the last repeats)."""
+_STABLE_S = 2.0
+"""A connection that lasted this long worked: its drop starts a new count toward giving up."""
+_RETRYABLE = (OSError, TimeoutError, ConnectionClosed, InvalidHandshake)
+
+
+class _Send(enum.Enum):
+    """Control messages queued in the outbox between audio frames."""
+
+    FINALIZE = "Finalize"
+    KEEPALIVE = "KeepAlive"
+    CLOSE_STREAM = "CloseStream"
+
+
+class SessionState(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class _NoHttp(httpx.AsyncBaseTransport):
+    """The SDK insists on an HTTP client, which listening never uses. The default one costs ~150 ms
+    (httpcore import, a TLS context) on the event loop; one on this transport, ~50 us."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise ProviderError("the Deepgram STT adapter makes no HTTP requests")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _query_params(config: DeepgramSttConfig, fmt: AudioFormat) -> dict[str, str]:
+    """The ``/v1/listen`` query parameters for ``config`` and the audio format sent."""
+    params = {
+        "model": config.model,
+        "language": config.language,
+        "encoding": _ENCODINGS[fmt.encoding],
+        "sample_rate": str(fmt.sample_rate),
+        "channels": str(fmt.channels),
+        "interim_results": _flag(config.interim_results),
+        "punctuate": _flag(config.punctuate),
+        "smart_format": _flag(config.smart_format),
+        "endpointing": "false" if config.endpointing_ms is None else str(config.endpointing_ms),
+    }
+    if config.utterance_end_ms is not None and config.interim_results:  # Deepgram requires both
+        params["utterance_end_ms"] = str(config.utterance_end_ms)
+    return params
+
+
+def _error_for(exc: BaseException, key: str) -> ProviderError:
+    """A ProviderError for a failed connect, its message free of the key."""
+    if isinstance(exc, ApiError):
+        status = exc.status_code or 0
+        response = getattr(exc.__context__, "headers", None)  # the refused handshake's response headers
+        detail = response.get("dg-error", "") if response is not None else ""
+        suffix = f": {detail.replace(key, '[REDACTED]') if key else detail}" if detail else ""
+        if status == 401:
+            message = f"Deepgram rejected the API key (HTTP 401){suffix}"
+        elif status == 403:
+            message = f"Deepgram refused access to this model or feature (HTTP 403){suffix}"
+        elif status == 400:
+            message = f"Deepgram rejected the request parameters (HTTP 400){suffix}"
+        elif status == 429:
+            message = f"Deepgram is rate limiting (HTTP 429){suffix}"
+        else:
+            message = f"Deepgram answered HTTP {status} to the connect{suffix}"
+        return ProviderError(message, retryable=status in (408, 429) or status >= 500)
+    if isinstance(exc, TimeoutError):
+        return ProviderError("Deepgram did not accept the connection in time", retryable=True)
+    if isinstance(exc, InvalidURI):
+        return ProviderError("Deepgram base_url is not a WebSocket URL", retryable=False)
+    return ProviderError(f"Deepgram connection failed ({type(exc).__name__})", retryable=True)
+
+
+class ReplayBuffer:
+    """Sans-IO: the audio no final result has covered yet, in byte offsets from the session start.
+
+    ``append`` each frame, ``ack`` the end of each final; after a reconnect, ``replay`` is what the
+    new socket must get first. Beyond ``limit`` bytes the oldest audio is dropped (its words lost)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        """Bytes appended so far."""
+        self.acked = 0
+        """Audio before this offset is covered by final results."""
+        self._chunks: deque[bytes] = deque()
+        self._start = 0
+        """Offset of ``_chunks[0]``."""
+        self._size = 0
+        self.overflowing = False
+        """Unacknowledged audio was dropped and no final has come since."""
+
+    def append(self, audio: bytes) -> bool:
+        """Keep ``audio``. True when this starts an overflow (audio no final covered is dropped)."""
+        self._chunks.append(audio)
+        self.total += len(audio)
+        self._size += len(audio)
+        if self._size <= self.limit:
+            return False
+        while self._size > self.limit and len(self._chunks) > 1:
+            self._pop()
+        if self.acked >= self._start:
+            return False
+        self.acked = self._start
+        started, self.overflowing = not self.overflowing, True
+        return started
+
+    def ack(self, offset: int) -> None:
+        """Audio before ``offset`` has its final: it never needs replaying."""
+        if offset <= self.acked:
+            return
+        self.acked = offset
+        self.overflowing = False
+        while self._chunks and self._start + len(self._chunks[0]) <= offset:
+            self._pop()
+
+    def _pop(self) -> None:
+        chunk = self._chunks.popleft()
+        self._start += len(chunk)
+        self._size -= len(chunk)
+
+    def replay(self, finalize_at: int | None) -> deque[bytes | _Send]:
+        """The audio from ``acked`` on, with a Finalize at ``finalize_at`` (at the start if that
+        audio is already covered)."""
+        start = self.acked
+        out: deque[bytes | _Send] = deque()
+        if finalize_at is not None:
+            finalize_at = max(finalize_at, start)
+        offset = self._start
+        for chunk in self._chunks:  # invariant: finalize_at is None or >= offset
+            end = offset + len(chunk)
+            if end > start:
+                if offset < start:
+                    chunk, offset = chunk[start - offset :], start
+                if finalize_at is not None and finalize_at < end:
+                    cut = finalize_at - offset
+                    if cut:
+                        out.append(chunk[:cut])
+                    out.append(_Send.FINALIZE)
+                    chunk, finalize_at = chunk[cut:], None
+                if chunk:
+                    out.append(chunk)
+            offset = end
+        if finalize_at is not None:
+            out.append(_Send.FINALIZE)
+        return out
+
+
+class DeepgramStt:
+    """Opens one streaming session per call. ``give_up_after_s``: how long reconnecting may keep
+    failing before the transcripts end in an error; ``answer_timeout_s``: a Finalize with no
+    message back for this long means the socket is dead (it is dropped and reconnected)."""
+
+    def __init__(
+        self, config: DeepgramSttConfig, clock: Clock, *, give_up_after_s: float = 5.0, answer_timeout_s: float = 3.0
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._give_up_after_s = give_up_after_s
+        self._answer_timeout_s = answer_timeout_s
+
+    async def open(self, offered: AudioFormat) -> DeepgramSttSession:
+        """Connect (raising ``ProviderError`` if Deepgram refuses) and start streaming."""
+        fmt = offered if offered.channels == 1 else AudioFormat(Encoding.PCM16, offered.sample_rate)
+        base = self._config.base_url.rstrip("/")
+        environment = DeepgramClientEnvironment(
+            base=base.replace("ws", "http", 1), production=base, agent=base, agent_rest=base.replace("ws", "http", 1)
+        )
+        client = AsyncDeepgramClient(
+            api_key=self._config.api_key.get_secret_value(),
+            environment=environment,
+            httpx_client=httpx.AsyncClient(transport=_NoHttp(), trust_env=False),
+        )
+        session = DeepgramSttSession(
+            self._config, self._clock, fmt, client, self._give_up_after_s, self._answer_timeout_s
+        )
+        await session.start()
+        return session
+
+
+class DeepgramSttSession:
+    """One call's stream. Create with ``DeepgramStt.open``."""
+
+    def __init__(
+        self,
+        config: DeepgramSttConfig,
+        clock: Clock,
+        fmt: AudioFormat,
+        client: AsyncDeepgramClient,
+        give_up_after_s: float,
+        answer_timeout_s: float,
+    ) -> None:
+        self.format = fmt
+        self._config = config
+        self._clock = clock
+        self._client = client
+        self._params = _query_params(config, fmt)
+        self._key = config.api_key.get_secret_value()
+        self._give_up_after_s = give_up_after_s
+        self._answer_timeout_s = answer_timeout_s
+        self._bytes_per_s = fmt.bytes_per_second
+        self._align = fmt.encoding.sample_width * fmt.channels
+        self._max_message = fmt.bytes_for(int(_MAX_MESSAGE_S * 1000))
+        self.state = SessionState.CONNECTING
+        self._replay = ReplayBuffer(fmt.bytes_for(int(_REPLAY_LIMIT_S * 1000)))
+        self._finalize_at: int | None = None
+        """Session byte offset of the latest ``finalize`` whose final has not come back."""
+        self._origin = 0
+        """Session byte offset where the current connection's audio (its time 0) starts."""
+        self._outbox: deque[bytes | _Send] = deque()
+        self._wake = asyncio.Event()
+        self._last_sent_at = clock.now()
+        """Clock time audio (or a KeepAlive) last went out."""
+        self._finalize_sent_at: float | None = None
+        self._last_heard_at = clock.now()
+        self._socket: AsyncV1SocketClient | None = None
+        self._transcripts: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue()
+        self._opened: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connections = 0
+        """Connections made so far (1 + reconnects)."""
+
+    def _set_state(self, new: SessionState) -> None:
+        log.info("deepgram session %s -> %s", self.state.value, new.value)
+        self.state = new
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the supervisor and wait for the first connection (its failure is raised here)."""
+        self._opened = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._supervise(), name="deepgram-stt")
+        try:
+            await self._opened
+        except BaseException:
+            await self._stop_task()
+            raise
+
+    async def aclose(self) -> None:
+        """CloseStream, wait (bounded) for the server's last results and close, then stop."""
+        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+            return
+        was_open = self.state is SessionState.OPEN
+        if self.state is not SessionState.FAILED:
+            self._set_state(SessionState.CLOSING)
+        task = self._task
+        if was_open and task is not None:
+            self._outbox.append(_Send.CLOSE_STREAM)
+            self._wake.set()
+            await asyncio.wait([task], timeout=_CLOSE_TIMEOUT_S)
+            if not task.done():
+                log.warning("deepgram did not close within %.1f s of CloseStream: aborting", _CLOSE_TIMEOUT_S)
+        await self._stop_task()
+        self._set_state(SessionState.CLOSED)
+        self._transcripts.put_nowait(None)
+
+    async def _stop_task(self) -> None:
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
+            self._abort()
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def _abort(self) -> None:
+        """Drop the TCP connection at once. The SDK has no abort: reach for its socket's transport."""
+        websocket = getattr(self._socket, "_websocket", None)
+        transport = getattr(websocket, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    # -- the frame path -----------------------------------------------------------------------
+
+    async def send(self, audio: bytes) -> None:
+        if self.state is SessionState.OPEN or self.state is SessionState.RECONNECTING:
+            if self._replay.append(audio):
+                log.warning("deepgram: no final for %.0f s of audio; replay keeps only the latest", _REPLAY_LIMIT_S)
+            self._outbox.append(audio)
+            self._wake.set()
+
+    async def finalize(self) -> None:
+        if self.state is SessionState.OPEN or self.state is SessionState.RECONNECTING:
+            self._finalize_at = self._replay.total
+            self._outbox.append(_Send.FINALIZE)
+            self._wake.set()
+
+    async def __aiter__(self) -> AsyncIterator[Transcript]:
+        while (item := await self._transcripts.get()) is not None:
+            if isinstance(item, ProviderError):
+                raise item
+            yield item
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Connect, serve, and reconnect when the socket drops, until closed or given up."""
+        opened, clock = self._opened, self._clock
+        assert opened is not None
+        failing_since: float | None = None
+        """When the current run of failed or short-lived connections began."""
+        attempt = 0
+        while True:
+            first = not opened.done()
+            connected_at: float | None = None
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    async with asyncio.timeout(_OPEN_TIMEOUT_S if first else self._config.reconnect_within_s):
+                        socket = await stack.enter_async_context(self._client.listen.v1.connect(**self._params))
+                    connected_at = clock.now()
+                    self._connected(socket)
+                    if first:
+                        opened.set_result(None)
+                    try:
+                        await self._serve(socket)
+                    finally:
+                        self._socket = None
+                if self.state is SessionState.CLOSING:
+                    return
+                error = ProviderError("Deepgram closed the socket", retryable=True)
+            except (ApiError, InvalidURI, *_RETRYABLE) as exc:
+                if self.state is SessionState.CLOSING:
+                    return
+                error = _error_for(exc, self._key)
+                if not opened.done():
+                    self._set_state(SessionState.FAILED)
+                    opened.set_exception(error)
+                    return
+            except Exception:  # a bug, here or in the SDK: the task boundary
+                log.exception("deepgram session failed")
+                error = ProviderError("Deepgram session failed unexpectedly", retryable=False)
+                if not opened.done():
+                    self._set_state(SessionState.FAILED)
+                    opened.set_exception(error)
+                else:
+                    self._fail(error, 0.0)
+                return
+            now = clock.now()
+            if connected_at is not None and now - connected_at >= _STABLE_S:
+                failing_since, attempt = None, 0  # it worked for a while: a fresh failure
+            failing_since = now if failing_since is None else failing_since
+            if not error.retryable or now - failing_since >= self._give_up_after_s:
+                self._fail(error, now - failing_since)
+                return
+            log.warning("deepgram: %s; reconnecting", error)
+            if self.state is SessionState.OPEN:
+                self._set_state(SessionState.RECONNECTING)
+            delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
+            attempt += 1
+            if delay:
+                await clock.sleep_until(now + delay)
+
+    def _fail(self, error: ProviderError, failing_for: float) -> None:
+        if error.retryable:
+            error = ProviderError(f"{error} (reconnecting failed for {failing_for:.1f} s)", retryable=False)
+        log.error("deepgram: giving up: %s", error)
+        self._set_state(SessionState.FAILED)
+        self._transcripts.put_nowait(error)
+
+    def _connected(self, socket: AsyncV1SocketClient) -> None:
+        """A (re)connection: its time 0 is the first unacknowledged byte; queue the replay."""
+        self._socket = socket
+        self.connections += 1
+        self._origin = start = self._replay.acked
+        self._outbox = self._replay.replay(self._finalize_at)
+        if self.connections > 1:
+            replayed = (self._replay.total - start) / self._bytes_per_s
+            log.info("deepgram reconnected: replaying %.2f s of audio", replayed)
+        self._finalize_sent_at = None
+        self._last_heard_at = self._last_sent_at = self._clock.now()
+        if self.state is not SessionState.OPEN:
+            self._set_state(SessionState.OPEN)
+        self._wake.set()
+
+    async def _serve(self, socket: AsyncV1SocketClient) -> None:
+        """Run one connection's sender, receiver and watch until the socket ends."""
+        receiver = asyncio.create_task(self._receive(socket), name="deepgram-receive")
+        sender = asyncio.create_task(self._send_loop(socket), name="deepgram-send")
+        watch = asyncio.create_task(self._watch(), name="deepgram-watch")
+        tasks = (receiver, sender, watch)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    async def _send_loop(self, socket: AsyncV1SocketClient) -> None:
+        outbox, wake, clock = self._outbox, self._wake, self._clock
+        while True:
+            while not outbox:
+                wake.clear()
+                await wake.wait()
+            item = outbox.popleft()
+            if isinstance(item, bytes):
+                if outbox and isinstance(outbox[0], bytes):
+                    parts, size = [item], len(item)
+                    while outbox and isinstance(nxt := outbox[0], bytes) and size + len(nxt) <= self._max_message:
+                        parts.append(outbox.popleft())
+                        size += len(nxt)
+                    item = b"".join(parts)
+                await socket.send_media(item)
+                self._last_sent_at = clock.now()
+            elif item is _Send.FINALIZE:
+                await socket.send_finalize()
+                if self._finalize_sent_at is None:
+                    self._finalize_sent_at = clock.now()
+            elif item is _Send.KEEPALIVE:
+                await socket.send_keep_alive()
+            else:
+                await socket.send_close_stream()
+
+    async def _watch(self) -> None:
+        """KeepAlive when no audio went out for ``keepalive_s``; abort when a Finalize goes unanswered."""
+        clock, keepalive = self._clock, self._config.keepalive_s
+        while True:
+            now = clock.now()
+            if now - self._last_sent_at >= keepalive:
+                self._last_sent_at = now
+                self._outbox.append(_Send.KEEPALIVE)
+                self._wake.set()
+            asked = self._finalize_sent_at
+            if asked is not None and self._last_heard_at < asked and now - asked >= self._answer_timeout_s:
+                log.warning("deepgram sent nothing for %.1f s after Finalize: reconnecting", now - asked)
+                self._abort()
+                return
+            await clock.sleep_until(min(self._last_sent_at + keepalive, now + _WATCH_TICK_S))
+
+    async def _receive(self, socket: AsyncV1SocketClient) -> None:
+        async for message in socket:
+            self._last_heard_at = self._clock.now()
+            if isinstance(message, ListenV1Results):
+                self._on_results(message)
+            elif isinstance(message, ListenV1Error):
+                log.warning("deepgram error: %s: %s", message.variant, message.description)
+
+    def _on_results(self, result: ListenV1Results) -> None:
+        origin_s = self._origin / self._bytes_per_s
+        alternatives = result.channel.alternatives
+        best: Any = alternatives[0] if alternatives else None
+        text = best.transcript if best is not None else ""
+        if result.is_final:
+            covered = self._origin + int(round((result.start + result.duration) * self._bytes_per_s))
+            self._replay.ack(covered - covered % self._align)
+            if result.from_finalize and self._finalize_at is not None and covered + self._align >= self._finalize_at:
+                self._finalize_at = None
+                self._finalize_sent_at = None
+        elif not text:
+            return  # an interim of silence says nothing
+        words = tuple(
+            Word(w.punctuated_word or w.word, origin_s + w.start, origin_s + w.end)
+            for w in ((best.words or ()) if best is not None else ())
+        )
+        self._transcripts.put_nowait(Transcript(text, bool(result.is_final), words))

@@ -1,0 +1,139 @@
+"""OpenAI text to speech behind the ``Tts`` seam (``POST /v1/audio/speech``), through the ``openai``
+SDK's streaming response. ``base_url`` points it at any server speaking that API.
+
+One request per phrase, in order, ``response_format="pcm"``: OpenAI streams 24 kHz mono PCM16 as
+it synthesizes, and every piece is handed on at once as ``SpeechAudio`` of that phrase in
+``PCM16_24K`` (the call converts to its wire format). ``instructions`` go only to models that
+take them (not ``tts-1``/``tts-1-hd``).
+
+Failures are ``ProviderError``: HTTP 408/409/429 (``Retry-After`` in the message), 5xx,
+connection errors, a body cut short and a server that stops answering (no bytes for
+``timeout_s``) are ``retryable=True``; 400/401/403/404/422 and other 4xx are not. The SDK does
+not retry (``max_retries=0``): the caller decides. Messages never contain the API key, and errors
+are raised ``from None`` so the SDK's exception is not chained into logged tracebacks.
+
+Clients: by default each reply has its own (closed when the reply ends: the ``Tts`` seam has no
+close hook); pass a shared ``httpx2.AsyncClient`` as ``http_client`` (its owner closes it) to
+keep connections warm across replies and calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx2
+import openai
+
+from ringline.config.providers import OpenAiTtsConfig
+from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding
+from ringline.engine.errors import ProviderError
+from ringline.engine.tts.base import SpeechAudio
+
+OPENAI_URL = "https://api.openai.com/v1"
+PCM16_24K = AudioFormat(Encoding.PCM16, 24000)
+"""What ``response_format="pcm"`` is."""
+NO_INSTRUCTIONS_PREFIX = "tts-1"
+"""``tts-1``, ``tts-1-hd`` and their dated snapshots take no ``instructions``."""
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+"""Plus every 5xx."""
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client: building one loads the CA bundle (~50 ms)."""
+    return httpx2.create_ssl_context()
+
+
+class OpenAiTts:
+    def __init__(
+        self,
+        config: OpenAiTtsConfig,
+        clock: Clock,
+        *,
+        http_client: httpx2.AsyncClient | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._secret = config.api_key.get_secret_value()
+        self._http_client = http_client
+        self._timeout_s = timeout_s
+
+    def request(self, text: str) -> dict[str, Any]:
+        """The arguments of ``audio.speech.create`` for one phrase."""
+        cfg = self._config
+        kwargs: dict[str, Any] = {
+            "model": cfg.model,
+            "voice": cfg.voice,
+            "input": text,
+            "response_format": "pcm",
+            "speed": cfg.speed,
+        }
+        if cfg.instructions and not cfg.model.startswith(NO_INSTRUCTIONS_PREFIX):
+            kwargs["instructions"] = cfg.instructions
+        return kwargs
+
+    async def stream(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
+        async with AsyncExitStack() as stack:
+            http = self._http_client
+            if http is None:
+                http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self._timeout_s)
+                stack.push_async_callback(http.aclose)
+            client = openai.AsyncOpenAI(
+                api_key=self._secret,
+                base_url=self._config.base_url or OPENAI_URL,
+                max_retries=0,
+                timeout=self._timeout_s,
+                http_client=http,
+            )
+            index = 0
+            async for text in phrases:
+                if text.strip():
+                    carry = b""
+                    try:
+                        async with client.audio.speech.with_streaming_response.create(
+                            **self.request(text.strip())
+                        ) as response:
+                            async for data in response.iter_bytes():
+                                data = carry + data
+                                whole = len(data) - len(data) % 2  # a piece may end mid-sample
+                                data, carry = data[:whole], data[whole:]
+                                if data:
+                                    yield SpeechAudio(index, AudioChunk(data, PCM16_24K))
+                    except openai.APIStatusError as exc:
+                        raise ProviderError(self._redact(_describe(exc)), retryable=_retryable(exc)) from None
+                    except (openai.APITimeoutError, httpx2.TimeoutException):
+                        raise ProviderError(self._timed_out(), retryable=True) from None
+                    except (openai.APIConnectionError, httpx2.HTTPError) as exc:
+                        raise ProviderError(self._redact(_connection_error(exc)), retryable=True) from None
+                index += 1
+
+    def _timed_out(self) -> str:
+        return f"openai tts: no answer within {self._timeout_s:g} s"
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "[redacted]") if len(self._secret) >= 4 else text
+
+
+def _retryable(exc: openai.APIStatusError) -> bool:
+    return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
+
+
+def _describe(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = body.get("message") if isinstance(body.get("message"), str) else exc.message
+    code = exc.code or exc.type
+    text = f"openai tts: HTTP {exc.status_code}" + (f" {code}" if code else "") + f": {message}"
+    if retry_after := exc.response.headers.get("retry-after"):
+        text += f" (retry after {retry_after} s)"
+    return text[:300]
+
+
+def _connection_error(exc: Exception) -> str:
+    cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError) and exc.__cause__ else exc
+    return f"openai tts: connection failed ({type(cause).__name__}: {cause})"
