@@ -125,7 +125,7 @@ async def test_false_interruption_does_not_clear_the_reply_for_good(serve):
 
 async def test_caller_hanging_up_mid_reply_ends_the_call_cleanly(serve):
     server = await serve(settings(**{"tts.seconds_per_phrase": 3.0}))
-    result = await run_call(server.ws_url, script(Utterance(BOOK), hangup_mid_reply_ms=300))
+    result = await run_call(server.ws_url, script(Utterance(BOOK), hangup_mid_reply_ms=1000))
     assert result.ended_by is CallerEnd.HANGUP_MID_REPLY
     record = await server.record(result.call_sid)
     assert record.end_reason is EndReason.CALLER_HANGUP
