@@ -36,6 +36,7 @@ from ringline.engine.audio import (
     ulaw_decode,
     ulaw_encode,
 )
+from ringline.engine.errors import ConfigError
 
 Case = tuple[str, Callable[[], object]]
 
@@ -64,8 +65,32 @@ def twilio_media_message(payload: bytes) -> bytes:
     )
 
 
+def silero_cases(pcm_8k: bytes, pcm_16k: bytes) -> list[Case]:
+    """Silero VAD per frame (the model runs on 5 frames of 8, so the median over many frames is
+    the average), and one model run (the cost of the frames it runs on); none without silero-vad."""
+    from ringline.engine.vad.silero import SileroClassifier, load_model
+
+    try:
+        session = load_model()
+    except ConfigError as exc:
+        print(f"(no Silero rows: {exc})")
+        return []
+    at_8k, at_16k = SileroClassifier(8000, session=session), SileroClassifier(16000, session=session)
+    window = {
+        "input": np.zeros((1, 32 + 256), dtype=np.float32),
+        "state": np.zeros((2, 1, 128), dtype=np.float32),
+        "sr": np.array(8000, dtype=np.int64),
+    }
+    return [
+        ("SileroClassifier.is_speech 8 kHz", lambda: at_8k.is_speech(pcm_8k)),
+        ("SileroClassifier.is_speech 16 kHz", lambda: at_16k.is_speech(pcm_16k)),
+        ("Silero one 32 ms window 8 kHz", lambda: session.run(None, window)),
+    ]
+
+
 def build_cases() -> list[Case]:
     pcm_8k = tone(8000)  # 320 bytes
+    pcm_16k = tone(16000)
     pcm_24k = tone(24000)  # 960 bytes
     ulaw = ulaw_encode(pcm_8k)  # 160 bytes
     alaw = alaw_encode(pcm_8k)
@@ -87,6 +112,7 @@ def build_cases() -> list[Case]:
         ("base64 decode+encode 160 B", lambda: base64.b64encode(base64.b64decode(b64))),
         ("orjson.loads Twilio media msg", lambda: orjson.loads(message)),
         ("webrtcvad.Vad(3).is_speech 8 kHz", lambda: vad.is_speech(pcm_8k, 8000)),
+        *silero_cases(pcm_8k, pcm_16k),
         ("resample 8k->16k (stream)", lambda: up.process(pcm_8k)),
         ("resample 24k->8k (stream)", lambda: down.process(pcm_24k)),
         ("convert mu-law 8k -> PCM16 16k", lambda: inbound.convert(ulaw)),

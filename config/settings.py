@@ -31,13 +31,22 @@ class _Model(BaseModel):
 
 
 class VadConfig(_Model):
-    """Voice activity: webrtcvad per 20 ms frame with start/stop hysteresis."""
+    """Voice activity: a speech classifier per 20 ms frame with start/stop hysteresis."""
 
+    engine: Literal["webrtc", "silero"] = "webrtc"
+    """The classifier. ``webrtc``: webrtcvad (~2 us a frame). ``silero``: the Silero VAD neural
+    network, ~80 us a 20 ms frame at 8 kHz (0.4 % of a core per call, so 200 calls would spend
+    80 % of a core on it), which needs ``pip install --no-deps silero-vad`` (checked when the
+    server starts) and takes 8 or 16 kHz audio."""
     aggressiveness: int = Field(3, ge=0, le=3)
-    """webrtcvad mode: 0 (least aggressive about filtering out non-speech) to 3 (most)."""
+    """webrtcvad mode: 0 (least aggressive about filtering out non-speech) to 3 (most). ``webrtc`` only."""
+    silero_threshold: float = Field(0.5, gt=0, lt=1)
+    """Speech probability from which a frame is voiced; it stays voiced until the probability
+    falls below this minus 0.15 (at least 0.01; Silero's own hysteresis). ``silero`` only."""
     energy_floor_dbfs: float = Field(-50.0, le=0)
-    """Frames quieter than this (RMS, dB full scale) are never speech. Trims webrtcvad's
-    40-140 ms hangover after speech, which would otherwise lengthen every turn's silence."""
+    """Frames quieter than this (RMS, dB full scale) are never speech, whatever the engine. Trims
+    the 40-150 ms that webrtcvad and Silero go on calling speech after it ends, which would
+    otherwise lengthen every turn's silence."""
     start_ms: Ms = 60
     """Voiced audio (within ``start_window_ms``) before speech counts as started."""
     start_window_ms: Ms = 100

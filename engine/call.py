@@ -41,7 +41,7 @@ from ringline.engine.turns import (
     TurnState,
     TurnTaker,
 )
-from ringline.engine.vad.activity import SpeechStarted, SpeechStopped, VoiceActivity, WebRtcClassifier
+from ringline.engine.vad.activity import SpeechStarted, SpeechStopped, VoiceActivity, make_classifier
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ class Call:
         self._pcm_format = AudioFormat(Encoding.PCM16, wire.sample_rate)
         self._framer = Framer(wire.bytes_for(FRAME_MS))
         self._frame_bytes = wire.bytes_for(FRAME_MS)
-        self._vad = VoiceActivity(
-            agent.vad, WebRtcClassifier(agent.vad.aggressiveness, wire.sample_rate, agent.vad.energy_floor_dbfs)
-        )
+        self._vad = VoiceActivity(agent.vad, make_classifier(agent.vad, wire.sample_rate))
         self._turns = TurnTaker(agent.turn, agent.interruption)
         self.context = Context(agent.system_prompt)
         self._registry = registry or default_registry()

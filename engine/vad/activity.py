@@ -44,6 +44,15 @@ class WebRtcClassifier:
         return rms(frame) >= self._floor
 
 
+def make_classifier(config: VadConfig, sample_rate: int) -> SpeechClassifier:
+    """One call's classifier, as ``config.engine`` says (Silero's module loads only when used)."""
+    if config.engine == "silero":
+        from ringline.engine.vad.silero import SileroClassifier
+
+        return SileroClassifier(sample_rate, config.silero_threshold, config.energy_floor_dbfs)
+    return WebRtcClassifier(config.aggressiveness, sample_rate, config.energy_floor_dbfs)
+
+
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
     at: float
