@@ -18,9 +18,10 @@ from ringline.engine.audio.formats import FRAME_MS, AudioFormat, Encoding
 from ringline.engine.audio.framing import Framer
 from ringline.engine.audio.g711 import decode
 from ringline.engine.audio.resample import AudioConverter
-from ringline.engine.errors import ProviderError
+from ringline.engine.errors import ProviderError, RinglineError
+from ringline.engine.events import EventLog, EventType
 from ringline.engine.failover import FailoverLlm, FailoverTts
-from ringline.engine.llm.base import Context, Message
+from ringline.engine.llm.base import Context, Message, ToolCall
 from ringline.engine.metrics import TurnMetrics
 from ringline.engine.playout import Playout
 from ringline.engine.providers import Providers
@@ -28,7 +29,7 @@ from ringline.engine.record import CallRecord, EndReason
 from ringline.engine.responder import Responder, ToolRunner
 from ringline.engine.stt.base import SttSession
 from ringline.engine.tools import ToolRegistry, default_registry
-from ringline.engine.transports.base import MediaTransport
+from ringline.engine.transports.base import MediaTransport, TransferFailed
 from ringline.engine.turns import (
     AbandonReply,
     Action,
@@ -49,8 +50,14 @@ log = logging.getLogger(__name__)
 class CallStatus(enum.Enum):
     CREATED = "created"
     ACTIVE = "active"
+    TRANSFERRING = "transferring"
+    """A ``transfer`` is under way: announcing it, then handing the call over."""
     ENDING = "ending"
     ENDED = "ended"
+
+
+class CallNotActive(RinglineError):
+    """A control command reached a call that is not in progress."""
 
 
 class Call:
@@ -69,6 +76,7 @@ class Call:
         self.agent = agent
         self.status = CallStatus.CREATED
         self.record = CallRecord(call_id, agent_name, started_at=time.time())
+        self.events = EventLog(call_id)
         self._transport = transport
         self._providers = providers
         self._clock = clock
@@ -82,7 +90,7 @@ class Call:
         self._turns = TurnTaker(agent.turn, agent.interruption)
         self.context = Context(agent.system_prompt)
         self._registry = registry or default_registry()
-        self._tools = ToolRunner(self._registry, self.context, self)
+        self._tools = ToolRunner(self._registry, self.context, self, self)
         self._playout = Playout(transport, clock, agent.playout, self, call_id=call_id)
         self._responder = Responder(
             llm=FailoverLlm(providers.llm, providers.llm_fallback, self),
@@ -115,10 +123,16 @@ class Call:
         self.last_heard = clock.now()
         """Clock time of the last message from the provider (for the idle watchdog)."""
         self._ended = asyncio.Event()
+        self._settled: set[int] = set()
+        """Messages already announced as settled (``message`` events), by id."""
+        self._speaking = False
+        """The agent's audio is playing (between ``speech`` started and stopped events)."""
+        self._transfer_to: str | None = None
 
     def _set_status(self, new: CallStatus) -> None:
         log.info("call %s -> %s", self.status.value, new.value, extra=self._extra)
         self.status = new
+        self.events.emit(EventType.STATUS, status=new.value)
 
     @property
     def turn_state(self) -> TurnState:
@@ -160,6 +174,7 @@ class Call:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._reply_task is not None and self._turn_metrics is not None:
             self._responder.truncate_to_heard()
+        self._settle_reply(interrupted=True)
         await self._tools.aclose()
         await self._playout.aclose()
         if self._stt is not None:
@@ -168,7 +183,14 @@ class Call:
             except Exception:
                 log.warning("closing STT failed", exc_info=True, extra=self._extra)
         await self._close_providers()
-        if reason is not EndReason.CALLER_HANGUP:
+        if reason is EndReason.TRANSFERRED:
+            try:
+                await self._transport.transfer(detail)
+            except TransferFailed as exc:
+                self.fault("transfer", str(exc))
+                self.record.end_reason, self.record.end_detail = EndReason.TRANSFER_FAILED, str(exc)
+                await self._transport.hangup()
+        elif reason is not EndReason.CALLER_HANGUP:
             await self._transport.hangup()
         self._finish_record()
         self._set_status(CallStatus.ENDED)
@@ -240,12 +262,14 @@ class Call:
     def on_dtmf(self, digit: str) -> None:
         self.last_heard = self._clock.now()
         log.info("dtmf %s", digit, extra=self._extra)
+        self.events.emit(EventType.DTMF, digit=digit)
 
     async def _read_transcripts(self, stt: SttSession) -> None:
         try:
             async for transcript in stt:
                 if transcript.is_final:
                     self._pending.stt_final = self._clock.now()
+                self.events.emit(EventType.TRANSCRIPT, role="user", text=transcript.text, final=transcript.is_final)
                 actions = self._turns.transcript(transcript.text, final=transcript.is_final, now=self._vad.now)
                 if actions:
                     await self._apply(actions)
@@ -296,13 +320,14 @@ class Call:
                     metrics.turn_committed = self._clock.now()
                     self._pending = TurnMetrics()
                     if self._prepared is not None and self._prepared[0] == text:
+                        self._settle(self._prepared[1])
                         self._prepared = None
                         self.record.preemptive["used"] += 1
                         self.record.turns.append(metrics)
                         self._responder.release()
                     else:
                         await self._drop_prepared()
-                        self.context.add(Message("user", text))
+                        self._settle(self.context.add(Message("user", text)))
                         self._start_reply(metrics=metrics)
                 case StopAudio():
                     if self._turn_metrics is not None:
@@ -357,26 +382,66 @@ class Call:
         await self._playout.abandon()
         if task is not None:
             self._responder.truncate_to_heard()
+            self._settle_reply(interrupted=True)
         self._turn_metrics = None
 
     # -- playout listener ---------------------------------------------------------------------
 
     def playout_started(self) -> None:
-        if self._turn_metrics is not None:
-            self._turn_metrics.mark("first_audio_sent", self._clock.now())
+        metrics = self._turn_metrics
+        if metrics is not None:
+            metrics.mark("first_audio_sent", self._clock.now())
+            if metrics.user_stopped is not None:
+                self.events.emit(EventType.LATENCY, turn=len(self.record.turns), **metrics.breakdown_ms())
+        self._speaking = True
+        self.events.emit(EventType.SPEECH, state="started", interrupted=False)
         self._turns.reply_audio_started()
 
     def playout_finished(self) -> None:
         self._turns.reply_finished()
         self._turn_metrics = None
+        self._settle_reply(interrupted=False)
         if self._hangup is not None:
             self._spawn_end(*self._hangup)
+
+    # -- settled messages (events) ------------------------------------------------------------
+
+    def _settle(self, message: Message) -> None:
+        """Announce ``message`` as part of the conversation for good (once)."""
+        if id(message) in self._settled:
+            return
+        self._settled.add(id(message))
+        self.events.emit(
+            EventType.MESSAGE,
+            role=message.role,
+            content=message.content,
+            interrupted=message.interrupted,
+            tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls],
+            tool_call_id=message.tool_call_id,
+        )
+
+    def tool_started(self, call: ToolCall) -> None:
+        self.events.emit(EventType.TOOL_CALL, id=call.id, name=call.name, arguments=call.arguments)
+
+    def tool_finished(self, call: ToolCall, result: Message) -> None:
+        self.events.emit(EventType.TOOL_RESULT, id=call.id, name=call.name, result=result.content)
+        self._settle(result)
+
+    def _settle_reply(self, *, interrupted: bool) -> None:
+        """The reply in progress is over (heard out, or cut short and truncated to what was heard)."""
+        if self._speaking:
+            self._speaking = False
+            self.events.emit(EventType.SPEECH, state="stopped", interrupted=interrupted)
+        for message in self._responder.messages:
+            if message.content or message.tool_calls:
+                self._settle(message)
 
     # -- FaultSink ----------------------------------------------------------------------------
 
     def fault(self, stage: str, detail: str) -> None:
         log.warning("%s fault: %s", stage, detail, extra=self._extra)
         self.record.faults.append({"at": time.time(), "stage": stage, "detail": detail})
+        self.events.emit(EventType.FAULT, stage=stage, detail=detail)
 
     # -- CallControl (tools) ------------------------------------------------------------------
 
@@ -386,5 +451,68 @@ class Call:
             self._spawn_end(EndReason.AGENT_HANGUP, reason)
 
     def _spawn_end(self, reason: EndReason, detail: str) -> None:
-        if self.status is CallStatus.ACTIVE and self._end_task is None:
+        if self.status in (CallStatus.ACTIVE, CallStatus.TRANSFERRING) and self._end_task is None:
             self._end_task = asyncio.create_task(self.end(reason, detail), name=f"end-{self.call_id}")
+
+    # -- control (the API's live-call commands) -----------------------------------------------
+
+    def _check_active(self, command: str) -> None:
+        if self.status is not CallStatus.ACTIVE:
+            raise CallNotActive(f"{command}: the call is {self.status.value}, not in progress")
+
+    async def say(self, text: str, *, end_after: bool = False) -> None:
+        """Speak ``text`` now. A reply in progress is cut (kept as far as it was heard) and the
+        caller's unfinished turn is dropped; the caller can barge in on it as on any reply.
+        ``end_after``: hang up once it has been heard."""
+        self._check_active("say")
+        self.events.emit(EventType.CONTROL, command="say", content=text, end_after=end_after)
+        await self._take_floor()
+        if end_after:
+            self._hangup = (EndReason.API_ENDED, "say end_after")
+        self._start_reply(script=text)
+
+    async def inject_context(self, content: str, *, respond: bool = False) -> bool:
+        """Add ``content`` to the conversation as a system message. ``respond``: the agent answers
+        at once if the floor is free (nobody speaking, no reply under way); otherwise the next
+        reply sees it. Returns whether a reply was started."""
+        self._check_active("inject-context")
+        self.events.emit(EventType.CONTROL, command="inject-context", content=content, respond=respond)
+        self._settle(self.context.add(Message("system", content)))
+        if not respond or self._turns.state is not TurnState.LISTENING or self._reply_task_running():
+            return False
+        await self._apply(self._turns.agent_speaks())
+        self._start_reply()
+        return True
+
+    async def hang_up(self, message: str | None = None) -> None:
+        """End the call, after speaking ``message`` if given (the ``end-call`` command)."""
+        self._check_active("end-call")
+        self.events.emit(EventType.CONTROL, command="end-call", message=message)
+        if message:
+            await self._take_floor()
+            self._hangup = (EndReason.API_ENDED, "end-call")
+            self._start_reply(script=message)
+        else:
+            self._spawn_end(EndReason.API_ENDED, "end-call")
+
+    async def transfer(self, destination: str, message: str | None = None) -> None:
+        """Hand the call over to ``destination`` (after announcing ``message`` if given). Raises
+        ``TransferFailed`` at once if this call's transport cannot transfer."""
+        self._check_active("transfer")
+        if (why := self._transport.transfer_unavailable) is not None:
+            raise TransferFailed(why)
+        self.events.emit(EventType.CONTROL, command="transfer", destination=destination, message=message)
+        self._set_status(CallStatus.TRANSFERRING)
+        if message:
+            await self._take_floor()
+            self._hangup = (EndReason.TRANSFERRED, destination)
+            self._start_reply(script=message)
+        else:
+            self._spawn_end(EndReason.TRANSFERRED, destination)
+
+    async def _take_floor(self) -> None:
+        await self._apply(self._turns.interject(self._vad.now))
+        await self._abandon_reply()
+
+    def _reply_task_running(self) -> bool:
+        return self._reply_task is not None and not self._reply_task.done()

@@ -19,6 +19,12 @@ class EndReason(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"
     """The provider kept sending malformed messages."""
     SERVER_SHUTDOWN = "server_shutdown"
+    API_ENDED = "api_ended"
+    """An ``end-call`` control command (or ``say`` with ``end_after``)."""
+    TRANSFERRED = "transferred"
+    """Handed over to another number or SIP URI (``transfer``); ``end_detail`` is the destination."""
+    TRANSFER_FAILED = "transfer_failed"
+    """The provider refused the transfer; ``end_detail`` says why."""
     ERROR = "error"
     """A bug or an unrecoverable provider failure; see the log for the call id."""
 

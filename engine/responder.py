@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.resample import AudioConverter
@@ -33,17 +34,30 @@ class _Phrase:
     text: str
 
 
+class ToolObserver(Protocol):
+    def tool_started(self, call: ToolCall) -> None: ...
+
+    def tool_finished(self, call: ToolCall, result: Message) -> None:
+        """``result`` is the tool message now in the context."""
+        ...
+
+
 class ToolRunner:
     """Runs tool calls as tasks owned by the call, not by the reply: an interrupted reply does not
     cancel its tools, and their results still reach the context."""
 
-    def __init__(self, registry: ToolRegistry, context: Context, control: CallControl) -> None:
+    def __init__(
+        self, registry: ToolRegistry, context: Context, control: CallControl, observer: ToolObserver | None = None
+    ) -> None:
         self._registry = registry
         self._context = context
         self._control = control
+        self._observer = observer
         self._tasks: set[asyncio.Task[str]] = set()
 
     def start(self, call: ToolCall) -> asyncio.Task[str]:
+        if self._observer is not None:
+            self._observer.tool_started(call)
         task = asyncio.create_task(self._registry.run(call, self._control), name=f"tool-{call.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -53,8 +67,11 @@ class ToolRunner:
         """Add the tool's result to the context as soon as it is known."""
 
         def commit(done: asyncio.Task[str]) -> None:
-            if not done.cancelled():
-                self._context.add_tool_result(call, done.result())
+            if done.cancelled():
+                return
+            message = self._context.add_tool_result(call, done.result())
+            if self._observer is not None:
+                self._observer.tool_finished(call, message)
 
         if task.done():
             commit(task)
@@ -196,6 +213,11 @@ class Responder:
         if converter is not None:
             playout.push(converter.flush(), phrase)
         playout.end()
+
+    @property
+    def messages(self) -> list[Message]:
+        """The assistant messages of the current (or last) reply, as the context holds them."""
+        return self._messages
 
     def release(self) -> None:
         """The held reply is the answer after all: speak it, run its tools."""

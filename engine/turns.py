@@ -195,10 +195,26 @@ class TurnTaker:
         return []
 
     def agent_speaks(self) -> list[Action]:
-        """The agent takes the floor on its own (first message, an operator's ``say``)."""
+        """The agent takes the floor on its own (first message, a reply to injected context)."""
         if self.state is TurnState.LISTENING:
             self._set_state(TurnState.THINKING)
         return []
+
+    def interject(self, now: float) -> list[Action]:
+        """The agent takes the floor whatever the state (an operator's ``say``, ``end-call`` or
+        ``transfer`` message). The caller's unfinished turn is dropped; if they are talking, their
+        speech counts toward a barge-in from ``now``, like speech starting over any reply."""
+        self._finals.clear()
+        self._interim = ""
+        self._silent_since = None
+        self._finals_due = 0
+        self._heard_words = False
+        if self._speaking_since is not None:
+            self._speaking_since = self._voiced_until = now
+        actions = self._drop_prepared()
+        if self.state is not TurnState.THINKING:
+            self._set_state(TurnState.THINKING)
+        return actions
 
     # -- decisions ----------------------------------------------------------------------------
 

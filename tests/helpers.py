@@ -13,6 +13,7 @@ from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.call import Call
 from ringline.engine.providers import Providers, build_providers
 from ringline.engine.tools import ToolRegistry
+from ringline.engine.transports.base import TransferFailed
 
 
 @dataclass
@@ -41,6 +42,11 @@ class RecordingTransport:
 
     async def hangup(self) -> None:
         self.sent.append(Sent(self.clock.now(), "hangup"))
+
+    transfer_unavailable: str | None = "this transport cannot transfer"
+
+    async def transfer(self, destination: str) -> None:
+        raise TransferFailed(self.transfer_unavailable or "")
 
     def of(self, kind: str) -> list[Sent]:
         return [s for s in self.sent if s.kind == kind]
@@ -85,6 +91,16 @@ class Phone:
         self._echo += self.buffer.clear(self.clock.now())
 
     async def hangup(self) -> None:
+        self.hung_up = True
+
+    transfer_unavailable: str | None = None
+    transferred_to: str | None = None
+    refuse_transfer: bool = False
+
+    async def transfer(self, destination: str) -> None:
+        if self.refuse_transfer:
+            raise TransferFailed(f"provider refused the transfer to {destination}")
+        self.transferred_to = destination
         self.hung_up = True
 
     def deliver_marks(self) -> None:

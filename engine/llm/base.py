@@ -51,7 +51,7 @@ class Context:
         self.messages.append(message)
         return message
 
-    def add_tool_result(self, call: ToolCall, result: str) -> None:
+    def add_tool_result(self, call: ToolCall, result: str) -> Message:
         """Insert the result right after the assistant message that made the call (and any
         earlier results for it), even if the conversation has moved on since: providers
         require tool results to follow their call."""
@@ -60,9 +60,10 @@ class Context:
                 j = i + 1
                 while j < len(self.messages) and self.messages[j].role == "tool":
                     j += 1
-                self.messages.insert(j, Message("tool", result, tool_call_id=call.id))
-                return
-        self.messages.append(Message("tool", result, tool_call_id=call.id))
+                message = Message("tool", result, tool_call_id=call.id)
+                self.messages.insert(j, message)
+                return message
+        return self.add(Message("tool", result, tool_call_id=call.id))
 
     def last_user_text(self) -> str:
         return next((m.content for m in reversed(self.messages) if m.role == "user"), "")

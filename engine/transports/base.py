@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from ringline.engine.audio.formats import AudioFormat
+from ringline.engine.errors import RinglineError
+
+
+class TransferFailed(RinglineError):
+    """The provider did not take the call over to the transfer destination."""
 
 
 class MediaTransport(Protocol):
@@ -32,4 +37,14 @@ class MediaTransport(Protocol):
 
     async def hangup(self) -> None:
         """End the media stream from our side."""
+        ...
+
+    @property
+    def transfer_unavailable(self) -> str | None:
+        """Why ``transfer`` cannot work on this call (None: it can)."""
+        ...
+
+    async def transfer(self, destination: str) -> None:
+        """Hand the call over to ``destination`` (E.164 number or SIP URI) at the provider; the
+        media stream then ends. Raises ``TransferFailed`` if the provider refuses."""
         ...

@@ -16,6 +16,7 @@ from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.call import Call
 from ringline.engine.errors import RinglineError
 from ringline.engine.record import EndReason
+from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.events import (
     AudioReceived,
     CallStarted,
@@ -29,6 +30,8 @@ from ringline.engine.transports.twilio.codec import TwilioProtocolError, TwilioS
 log = logging.getLogger(__name__)
 
 CallFactory = Callable[[CallStarted, "TwilioTransport"], Awaitable[Call]]
+Transferrer = Callable[[str], Awaitable[None]]
+"""Redirects this call to a destination through the provider's REST API."""
 
 
 class TwilioTransport:
@@ -36,9 +39,11 @@ class TwilioTransport:
 
     format: AudioFormat = MULAW_8K
 
-    def __init__(self, ws: web.WebSocketResponse, codec: TwilioStream) -> None:
+    def __init__(self, ws: web.WebSocketResponse, codec: TwilioStream, transferrer: Transferrer | None = None) -> None:
         self._ws = ws
         self._codec = codec
+        self.transferrer = transferrer
+        """Set once the call is known (``start``) if Twilio's REST API is configured."""
 
     async def _send(self, text: str) -> None:
         if self._ws.closed:
@@ -60,6 +65,18 @@ class TwilioTransport:
     async def hangup(self) -> None:
         if not self._ws.closed:
             await self._ws.close()
+
+    @property
+    def transfer_unavailable(self) -> str | None:
+        if self.transferrer is None:
+            return "transfer on Twilio needs its REST API: set [telephony.twilio] account_sid and auth_token"
+        return None
+
+    async def transfer(self, destination: str) -> None:
+        if self.transferrer is None:
+            raise TransferFailed(self.transfer_unavailable or "transfer unavailable")
+        await self.transferrer(destination)
+        await self.hangup()
 
 
 class _Ended(Exception):
