@@ -7,10 +7,11 @@ with its path (``agents.default.turn.silence_ms: Input should be greater than or
 from __future__ import annotations
 
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ringline.config.providers import (
     PROVIDER_TAGS,
@@ -113,11 +114,21 @@ class PlayoutConfig(_Model):
 
 
 class AgentConfig(_Model):
-    name: str = "Ringline agent"
-    system_prompt: str = "You are a helpful, concise phone agent."
-    first_message: str = ""
-    """Spoken when the call starts if ``first_speaker`` is ``agent``."""
+    name: str = Field("Ringline agent", min_length=1, max_length=200)
+    description: str = Field("", max_length=2000)
+    system_prompt: str = Field("You are a helpful, concise phone agent.", max_length=100_000)
+    """``{{name}}`` placeholders are filled from the call's variables (over ``variables``)."""
+    first_message: str = Field("", max_length=2000)
+    """Spoken when the call starts if ``first_speaker`` is ``agent``; takes placeholders too."""
     first_speaker: Literal["agent", "caller"] = "agent"
+    language: str = Field("en-US", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    """BCP 47 tag of the conversation's language (passed to providers that take one)."""
+    timezone: str = "UTC"
+    """IANA time zone the agent lives in (``{{now}}`` is rendered in it)."""
+    variables: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
+    """Default values of ``{{placeholders}}``; a call's own variables override them."""
+    recording: bool = False
+    """Record the call as a stereo WAV (caller left, agent right), served by the API."""
     stt: SttConfig = FakeSttConfig()
     llm: LlmConfig = FakeLlmConfig()
     llm_fallback: LlmConfig | None = None
@@ -135,6 +146,15 @@ class AgentConfig(_Model):
     playout: PlayoutConfig = PlayoutConfig()
     max_tool_rounds: int = Field(4, ge=1)
     """LLM calls per reply when tools are called (a tool result feeds the next call)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (want an IANA name like 'Europe/Paris')") from None
+        return value
 
     @model_validator(mode="after")
     def _check_silences(self) -> AgentConfig:

@@ -370,3 +370,38 @@ def test_models_refuse_unknown_fields_directly() -> None:
     for model in (VadConfig, TurnConfig, InterruptionConfig, FakeSttConfig, FakeLlmConfig, FakeTtsConfig):
         with pytest.raises(ValueError, match="Extra inputs are not permitted"):
             model(bogus=1)
+
+
+def test_placeholders_are_filled_from_call_variables_over_agent_defaults():
+    from ringline.config.templates import for_call, placeholders, render
+
+    agent = AgentConfig(
+        system_prompt="You call {{ name }} about order {{order}} for {{shop}}.",
+        first_message="Hi {{name}}, it's {{shop}}. {{unknown}}",
+        variables={"shop": "Ringline Bistro", "name": "there"},
+        timezone="Europe/Paris",
+    )
+    filled = for_call(agent, {"name": "Ada", "order": "A-17"})
+    assert filled.system_prompt == "You call Ada about order A-17 for Ringline Bistro."
+    assert filled.first_message == "Hi Ada, it's Ringline Bistro. {{unknown}}"  # no value: left as written
+    assert for_call(agent).first_message == "Hi there, it's Ringline Bistro. {{unknown}}"
+    assert placeholders(agent.system_prompt) == {"name", "order", "shop"}
+    assert (
+        render("{{now}}", {}) == "{{now}}"
+        and "{{now}}" not in for_call(AgentConfig(system_prompt="{{now}}")).system_prompt
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("timezone", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        ("language", "english please", "String should match pattern"),
+        ("variables", {"bad name": "x"}, "String should match pattern"),
+        ("name", "", "String should have at least 1 character"),
+    ],
+)
+def test_agent_fields_are_validated_with_the_field_named(field, value, error):
+    with pytest.raises(ConfigError) as exc:
+        load_settings(data={"agents": {"default": {field: value}}})
+    assert f"agents.default.{field}" in str(exc.value) and error in str(exc.value)
