@@ -26,6 +26,7 @@ from ringline.engine.metrics import TurnMetrics
 from ringline.engine.playout import Playout
 from ringline.engine.providers import Providers
 from ringline.engine.record import CallRecord, EndReason
+from ringline.engine.recording import CallRecorder, RecordedTransport
 from ringline.engine.responder import Responder, ToolRunner
 from ringline.engine.stt.base import SttSession
 from ringline.engine.tools import ToolRegistry, default_registry
@@ -77,6 +78,11 @@ class Call:
         self.status = CallStatus.CREATED
         self.record = CallRecord(call_id, agent_name, started_at=time.time())
         self.events = EventLog(call_id)
+        self.recorder: CallRecorder | None = None
+        """Both sides of the call, when the agent records (``agent.recording``)."""
+        if agent.recording:
+            self.recorder = CallRecorder(transport.format)
+            transport = RecordedTransport(transport, self.recorder)
         self._transport = transport
         self._providers = providers
         self._clock = clock
@@ -228,6 +234,8 @@ class Call:
                 await self._on_frame(frame)
 
     async def _on_frame(self, frame: bytes) -> None:
+        if self.recorder is not None:
+            self.recorder.heard(frame)
         pcm = decode(frame, self._wire.encoding) if self._wire.encoding is not Encoding.PCM16 else frame
         stt = self._stt
         if stt is None:  # recognition failed to start: the call is saying so and ending
