@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from ringline.config.settings import Settings
+from ringline.config.settings import AgentConfig, Settings
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
+from ringline.engine.clients import HttpClients
 from ringline.engine.providers import build_providers, warm_up
 from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
+from ringline.engine.tools import ToolRegistry, default_registry
 from ringline.engine.transports.events import CallStarted
 from ringline.engine.transports.twilio.ws import TwilioTransport, serve_twilio
 
 log = logging.getLogger(__name__)
 
+ToolsFactory = Callable[[str, AgentConfig], ToolRegistry]
+"""The tools of a new call, given its agent's name and config (host applications add Python tools)."""
+
 SETTINGS = web.AppKey("settings", Settings)
 CALLS = web.AppKey("calls", CallRegistry)
+TOOLS = web.AppKey("tools", ToolsFactory)
+CLIENTS = web.AppKey("clients", HttpClients)
+"""The cloud providers' HTTP clients, shared by every call; opened and closed by ``_http_clients``."""
 
 routes = web.RouteTableDef()
 
@@ -61,7 +69,9 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     async def make_call(started: CallStarted, transport: TwilioTransport) -> Call:
         agent_name = started.parameters.get("agent") or settings.default_agent
         agent = settings.agent(agent_name)
-        call = Call(started.call_id, agent_name, agent, transport, build_providers(agent, clock), clock)
+        providers = build_providers(agent, clock, request.app[CLIENTS])
+        tools = request.app[TOOLS](agent_name, agent)
+        call = Call(started.call_id, agent_name, agent, transport, providers, clock, registry=tools)
         calls.add(call)
         created.append(call)
         return call
@@ -76,22 +86,41 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def make_app(settings: Settings) -> web.Application:
+def make_app(
+    settings: Settings,
+    *,
+    tools: ToolsFactory | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> web.Application:
+    """The server. ``tools`` builds each call's tool registry (default: the built-in tools);
+    ``progress`` hears about model loading at start-up."""
     app = web.Application()
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
+    app[TOOLS] = tools or _builtin_tools
     app.add_routes(routes)
 
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].end_all(EndReason.SERVER_SHUTDOWN, settings.server.shutdown_timeout_s)
 
     async def load_models(app: web.Application) -> None:
-        await warm_up(settings.agents.values(), progress=log.info)
+        await warm_up(settings.agents.values(), progress=progress, clients=app[CLIENTS])
 
     app.on_startup.append(load_models)
     app.on_shutdown.append(end_calls)
+    app.cleanup_ctx.append(_http_clients)  # first in, last out: after every call has ended
     app.cleanup_ctx.append(_idle_watchdog)
     return app
+
+
+def _builtin_tools(agent_name: str, agent: AgentConfig) -> ToolRegistry:
+    return default_registry()
+
+
+async def _http_clients(app: web.Application) -> AsyncIterator[None]:
+    async with HttpClients() as clients:
+        app[CLIENTS] = clients
+        yield
 
 
 async def _idle_watchdog(app: web.Application) -> AsyncIterator[None]:

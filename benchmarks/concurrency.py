@@ -69,7 +69,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pin(core: int | None) -> list[str]:
+def pin(core: int | None) -> list[str]:
+    """A command prefix that pins a process to ``core`` (none when that is impossible: a warning)."""
     if core is None:
         return []
     if shutil.which("taskset") is None or (os.cpu_count() or 1) <= core:
@@ -120,7 +121,7 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
         if not args.config.exists():
             raise SystemExit(f"config {args.config} not found")
         cmd = [_ringline(), "serve", "--config", str(args.config), "--port", str(port)]
-    cmd = _pin(args.server_core) + cmd
+    cmd = pin(args.server_core) + cmd
     log_file = tempfile.NamedTemporaryFile(prefix="ringline-serve-", suffix=".log", delete=False)  # noqa: SIM115
     print(f"starting: {' '.join(cmd)} (log {log_file.name})", file=sys.stderr)
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
@@ -148,7 +149,7 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_cal
     ``keep_calls``), or an error row."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
-        cmd = _pin(args.caller_core) + [
+        cmd = pin(args.caller_core) + [
             sys.executable, "-m", "ringline.benchmarks.caller",
             "--url", url, "--calls", str(n), "--turns", str(args.turns),
             "--server-pid", str(pid), "--json", str(out),

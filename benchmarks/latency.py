@@ -32,18 +32,18 @@ def _with_preemptive(config: Path, enabled: bool, tmp: Path) -> Path:
     for agent in data.get("agents", {}).values():
         agent.setdefault("turn", {})["preemptive_generation"] = enabled
     out = tmp / f"{config.stem}-preemptive-{'on' if enabled else 'off'}.toml"
-    out.write_text(_dump(data))
+    out.write_text(toml_text(data))
     return out
 
 
-def _dump(data: dict[str, Any], prefix: str = "") -> str:
+def toml_text(data: dict[str, Any], prefix: str = "") -> str:
     """Minimal TOML writer for the config shapes Ringline uses (tables, scalars, arrays)."""
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in scalars.items())
     for key, table in tables.items():
         name = f"{prefix}.{key}" if prefix else key
-        body = _dump(table, name)
+        body = toml_text(table, name)
         if any(not isinstance(v, dict) for v in table.values()):
             text += f"\n[{name}]\n"
         text += body
@@ -62,28 +62,34 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def measure_calls(url: str, pid: int, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One caller run of ``n`` calls against the server at ``url``: a row of the caller's latency
+    and the median of each stage from the server's call records, and the caller's whole report."""
+    base = "http" + url[2:].removesuffix("/media/twilio")
+    report = run_caller(url, pid, n, args, keep_calls=True)
+    sids = [c["call_sid"] for c in report.get("calls_detail", [])]
+    records = _records(base, sids)
+    turns = [t for r in records for t in r["turns"] if t.get("first_audio_sent") is not None]
+    row = {
+        "calls": n,
+        "answered": f"{report.get('turns_answered')}/{report.get('turns_expected')}",
+        "median": report.get("latency_median_ms"),
+        "p95": report.get("latency_p95_ms"),
+        **{stage: _median([t[stage] for t in turns if t.get(stage) is not None]) for stage in STAGES},
+        "prepared used": sum(r["preemptive"]["used"] for r in records),
+        "prepared discarded": sum(r["preemptive"]["discarded"] for r in records),
+        "server CPU %": report.get("server_cpu_pct"),
+    }
+    return row, report
+
+
 def measure(config: Path, preemptive: bool, calls: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         args.config = _with_preemptive(config, preemptive, Path(tmp))
         with started_server(args) as (url, pid):
-            base = "http" + url[2:].removesuffix("/media/twilio")
             for n in calls:
-                report = run_caller(url, pid, n, args, keep_calls=True)
-                sids = [c["call_sid"] for c in report.get("calls_detail", [])]
-                records = _records(base, sids)
-                turns = [t for r in records for t in r["turns"] if t.get("first_audio_sent") is not None]
-                row = {
-                    "preemptive": "on" if preemptive else "off",
-                    "calls": n,
-                    "answered": f"{report.get('turns_answered')}/{report.get('turns_expected')}",
-                    "median": report.get("latency_median_ms"),
-                    "p95": report.get("latency_p95_ms"),
-                    **{stage: _median([t[stage] for t in turns if t.get(stage) is not None]) for stage in STAGES},
-                    "prepared used": sum(r["preemptive"]["used"] for r in records),
-                    "prepared discarded": sum(r["preemptive"]["discarded"] for r in records),
-                    "server CPU %": report.get("server_cpu_pct"),
-                }
+                row = {"preemptive": "on" if preemptive else "off", **measure_calls(url, pid, n, args)[0]}
                 print(json.dumps(row), file=sys.stderr)
                 rows.append(row)
     return rows
@@ -93,6 +99,14 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:.0f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a markdown table, columns in the first row's order."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     calls = [int(n) for n in args.calls.split(",")]
     config = args.config
     rows = measure(config, False, calls, args) + measure(config, True, calls, args)
-    columns = list(rows[0])
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "|".join("---:" for _ in columns) + "|")
-    for row in rows:
-        print("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    print(markdown(rows))
     return 0
 
 

@@ -12,7 +12,8 @@ over ``--replies`` replies of three phrases:
 - ``LLM streaming``: the LLM yields a phrase at 300, 600 and 900 ms (its first-token time and pace).
 
 HTTP is measured twice: with the adapter's default (a client, hence a new connection, per reply)
-and with a shared client whose connections stay warm across replies (``http_client=``).
+and with the shared clients the server gives every call (``clients=HttpClients()``), whose
+connections stay warm across replies.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import statistics
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import httpx
-
 from ringline.benchmarks.vendors.elevenlabs import FakeElevenLabs, Latency
 from ringline.config.providers import ElevenLabsTtsConfig
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.audio.formats import MULAW_8K
+from ringline.engine.clients import HttpClients
 from ringline.engine.tts.elevenlabs import ElevenLabsTts
 
 KEY = "xi-bench"
@@ -66,9 +66,9 @@ async def reply(tts: ElevenLabsTts, at: Sequence[float]) -> Timing:
 async def measure(fake: FakeElevenLabs, variant: str, at: Sequence[float], replies: int) -> Timing:
     transport = "websocket" if variant == "websocket" else "http"
     config = ElevenLabsTtsConfig(provider="elevenlabs", api_key=KEY, base_url=fake.url, transport=transport)
-    shared = httpx.AsyncClient(timeout=10.0) if variant == "http, shared pool" else None
+    shared = HttpClients() if variant == "http, shared pool" else None
     try:
-        tts = ElevenLabsTts(config, LoopClock(), http_client=shared)
+        tts = ElevenLabsTts(config, LoopClock(), clients=shared)
         if shared is not None:
             await reply(tts, at)  # warm the pool: later replies find a connection open
         timings = [await reply(tts, at) for _ in range(replies)]

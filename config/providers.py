@@ -87,8 +87,10 @@ class WhisperSttConfig(_Model):
     """Threads per transcription."""
     workers: int = Field(1, ge=1)
     """Transcriptions run at once (each on its own thread, off the event loop)."""
-    max_queue: int = Field(32, ge=1)
-    """Utterances waiting for a worker before new ones are refused (logged, recorded)."""
+    max_queue: int = Field(4, ge=1)
+    """Utterances waiting for a worker before new ones are refused (logged, the final is empty).
+    Kept short: a final later than the turn's ``final_timeout_ms`` (1.5 s by default) is dropped
+    anyway, and at 0.15-0.4 s an utterance per worker a few in line are already that late."""
 
 
 class MoonshineSttConfig(_Model):
@@ -98,7 +100,8 @@ class MoonshineSttConfig(_Model):
     model: str = "base-en"
     cpu_threads: int = Field(1, ge=1)
     workers: int = Field(1, ge=1)
-    max_queue: int = Field(32, ge=1)
+    max_queue: int = Field(4, ge=1)
+    """As Whisper's: utterances waiting for a worker before new ones are refused."""
 
 
 SttConfig = Annotated[

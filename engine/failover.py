@@ -5,9 +5,11 @@ responder does not change. Every fault is reported to a ``FaultSink`` (the call 
 
 - LLM: a failure before the first token is retried once (unless the error says retrying is
   pointless), then the fallback provider is tried; all of it within ``budget_s`` of the request,
-  so the caller never waits in silence for long. Nothing answering raises ``LlmUnavailable``:
-  the responder then speaks the agent's apology line. A failure after the first token ends the
-  reply where it is (what was said stands).
+  so the caller never waits in silence for long. An error that says when to retry
+  (``retry_after``, from a 429's ``Retry-After``) is retried that much later if that is within
+  the budget; if not, the retry is skipped and the fallback tried at once. Nothing answering
+  raises ``LlmUnavailable``: the responder then speaks the agent's apology line. A failure after
+  the first token ends the reply where it is (what was said stands).
 - TTS: when a provider fails, the next one takes over from the phrase being spoken.
 """
 
@@ -65,6 +67,14 @@ class FailoverLlm:
                 self._faults.fault("llm", f"{name}: {exc}")
                 skip_retry = not exc.retryable
                 await _close(events)
+                if name == "llm" and not skip_retry and exc.retry_after is not None:
+                    if loop.time() + exc.retry_after < deadline:
+                        await asyncio.sleep(exc.retry_after)
+                    else:
+                        log.info(
+                            "llm: retry after %.1f s is past the failover budget: skipping the retry", exc.retry_after
+                        )
+                        skip_retry = True
                 continue
             except TimeoutError:
                 self._faults.fault("llm", f"{name}: no first token within the {self._budget:g} s budget")

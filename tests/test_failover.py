@@ -9,7 +9,7 @@ import pytest
 from ringline.config.providers import FakeLlmConfig, FakeTtsConfig
 from ringline.engine.audio.clock import FakeClock
 from ringline.engine.audio.formats import MULAW_8K
-from ringline.engine.errors import ProviderError
+from ringline.engine.errors import ProviderError, parse_retry_after
 from ringline.engine.failover import FailoverLlm, FailoverTts, LlmUnavailable, TtsUnavailable
 from ringline.engine.llm.base import Context, Message, TextDelta
 from ringline.engine.llm.fake import FakeLlm
@@ -56,6 +56,20 @@ class Refusing:
         yield TextDelta("")  # pragma: no cover - makes this an async generator
 
 
+class RateLimited:
+    """An LLM that answers 429 with ``Retry-After`` the first time, then replies."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self.calls: list[float] = []
+
+    async def stream(self, context, tools) -> AsyncIterator[TextDelta]:
+        self.calls.append(asyncio.get_running_loop().time())
+        if len(self.calls) == 1:
+            raise ProviderError("HTTP 429", retryable=True, retry_after=self.retry_after)
+        yield TextDelta("After the wait.")
+
+
 class Hanging:
     async def stream(self, context, tools) -> AsyncIterator[TextDelta]:
         await asyncio.Event().wait()
@@ -88,6 +102,25 @@ async def test_nothing_answering_raises_unavailable():
     with pytest.raises(LlmUnavailable):
         await text_of(FailoverLlm(fake_llm("x", fail_first=5), fake_llm("y", fail_first=5), faults))
     assert len(faults.seen) == 3
+
+
+async def test_a_retry_after_within_the_budget_is_waited_for():
+    faults = Faults()
+    primary = RateLimited(retry_after=0.2)
+    assert await text_of(FailoverLlm(primary, fake_llm("Fallback."), faults, budget_s=1.0)) == "After the wait."
+    assert len(primary.calls) == 2 and primary.calls[1] - primary.calls[0] >= 0.2
+    assert faults.seen == [("llm", "llm: HTTP 429")]
+
+
+async def test_a_retry_after_past_the_budget_skips_the_retry_for_the_fallback():
+    faults = Faults()
+    primary = RateLimited(retry_after=1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await text_of(FailoverLlm(primary, fake_llm("Fallback."), faults, budget_s=1.0)) == "Fallback."
+    assert loop.time() - started < 0.5
+    assert len(primary.calls) == 1
+    assert faults.seen == [("llm", "llm: HTTP 429")]
 
 
 async def test_a_hanging_provider_is_given_up_within_the_budget():
@@ -217,3 +250,21 @@ async def test_losing_the_stt_for_good_says_so_and_hangs_up():
     assert d.call.record.end_reason is EndReason.ERROR
     assert d.call.record.end_detail == "stt failed: reconnect failed for 3 s"
     assert d.call.record.faults[0]["stage"] == "stt"
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 0.5 ", 0.5),
+        ("-3", 0.0),
+        ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0),  # an HTTP-date, 10 s after "now"
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # already past
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(header, seconds):
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after(header, now=now) == seconds

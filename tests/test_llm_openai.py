@@ -12,14 +12,17 @@ import orjson
 import pytest
 from aiohttp import web
 
-from ringline.api.app import CALLS, make_app
+from ringline.api.app import CALLS, CLIENTS, make_app
 from ringline.benchmarks.caller import clip_script, run_call
 from ringline.benchmarks.vendors.openai import FakeOpenAi, Script, ScriptedToolCall
-from ringline.config.providers import OpenAiLlmConfig
+from ringline.config.providers import FakeLlmConfig, OpenAiLlmConfig
 from ringline.config.settings import Settings, load_settings
 from ringline.engine.audio.clock import FakeClock, LoopClock
+from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError
+from ringline.engine.failover import FailoverLlm
 from ringline.engine.llm.base import Context, LlmEvent, Message, TextDelta, Tool, ToolCall
+from ringline.engine.llm.fake import FakeLlm
 from ringline.engine.llm.openai import OpenAiLlm, warm_up
 
 pytestmark = pytest.mark.timeout(30)
@@ -164,8 +167,30 @@ def test_api_openai_com_gets_max_completion_tokens_others_max_tokens() -> None:
 
 
 async def test_warm_up_sends_nothing(fake) -> None:
-    await warm_up(OpenAiLlmConfig(provider="openai", api_key=KEY, base_url=fake.url))
+    config = OpenAiLlmConfig(provider="openai", api_key=KEY, base_url=fake.url)
+    await warm_up(config)
+    async with HttpClients() as clients:
+        await warm_up(config, clients)
+        assert clients.count == 1  # the shared client is made, ready for the first call
     assert fake.requests == []
+
+
+# -- shared clients -------------------------------------------------------------------------------
+
+
+async def test_adapters_on_shared_clients_share_one_connection_and_aclose_leaves_it_open(fake) -> None:
+    config = OpenAiLlmConfig(provider="openai", api_key=KEY, base_url=fake.url)
+    async with HttpClients() as clients:
+        first = OpenAiLlm(config, LoopClock(), clients=clients)
+        await collect(first.stream(context(), []))
+        await first.aclose()  # the call ended: the shared client is not its to close
+        second = OpenAiLlm(config, LoopClock(), clients=clients)
+        await collect(second.stream(context(), []))
+        assert first.client() is second.client() and clients.count == 1
+        other = OpenAiLlm(config.model_copy(update={"timeout_s": 3.0}), LoopClock(), clients=clients)
+        assert other.client() is not first.client() and clients.count == 2  # another timeout: its own
+    assert len(fake.requests) == 2 and fake.requests[0].peer == fake.requests[1].peer
+    await asyncio.wait_for(fake.requests[1].finished.wait(), 5)
 
 
 # -- tool calls -----------------------------------------------------------------------------------
@@ -222,10 +247,47 @@ async def test_http_errors_map_to_provider_errors(fake, make_llm, status, retrya
     assert raised.value.retryable is retryable
     assert str(raised.value).startswith(f"openai: HTTP {status}")
     assert len(fake.requests) == 1  # the SDK did not retry: Ringline decides
+    assert raised.value.retry_after == (7.0 if status == 429 else None)
     if status == 429:
         assert str(raised.value) == (
             "openai: HTTP 429 rate_limit_exceeded: Rate limit reached for requests. (retry after 7 s)"
         )
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def fault(self, stage: str, detail: str) -> None:
+        self.seen.append(detail)
+
+
+async def test_a_429_is_retried_after_its_retry_after_when_that_fits_the_budget(fake, make_llm) -> None:
+    fake.script(Script(status=429, retry_after="0.3"), Script(text="After the wait."))
+    faults = Faults()
+    fallback = FakeLlm(FakeLlmConfig(replies=("From the fallback.",)), LoopClock())
+    llm = FailoverLlm(make_llm(), fallback, faults, budget_s=2.0)
+    events = await collect(llm.stream(context(), []))
+    assert events == [TextDelta("After"), TextDelta(" the"), TextDelta(" wait.")]
+    assert len(fake.requests) == 2
+    assert fake.requests[1].received_at - fake.requests[0].received_at >= 0.3
+    assert faults.seen == [
+        "llm: openai: HTTP 429 rate_limit_exceeded: Rate limit reached for requests. (retry after 0.3 s)"
+    ]
+
+
+async def test_a_429_whose_retry_after_is_past_the_budget_goes_to_the_fallback_at_once(fake, make_llm) -> None:
+    fake.script(Script(status=429, retry_after="30"), Script(text="Too late."))
+    faults = Faults()
+    fallback = FakeLlm(FakeLlmConfig(replies=("From the fallback.",)), LoopClock())
+    llm = FailoverLlm(make_llm(), fallback, faults, budget_s=2.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    events = await collect(llm.stream(context(), []))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "From the fallback."
+    assert loop.time() - started < 1.0
+    assert len(fake.requests) == 1  # no retry of the primary: it said not before 30 s
+    assert len(faults.seen) == 1 and "(retry after 30 s)" in faults.seen[0]
 
 
 async def test_a_wrong_key_is_401_and_not_retryable(fake, make_llm) -> None:
@@ -402,10 +464,7 @@ async def test_the_fake_answers_without_streaming_and_refuses_a_bad_key(fake) ->
 # -- a whole call ---------------------------------------------------------------------------------
 
 
-async def test_a_call_through_the_real_server_is_answered_by_the_openai_adapter(fake) -> None:
-    # The call builds its own adapter and never closes it (the Llm seam has no aclose): a kept-alive
-    # connection would stay open until the garbage collector finds it.
-    fake.keep_alive = False
+async def test_calls_through_the_real_server_are_answered_on_the_apps_shared_client(fake) -> None:
     data = load_settings("config/bench.toml").model_dump()
     data["agents"]["default"]["llm"] = {"provider": "openai", "api_key": KEY, "base_url": fake.url}
     fake.default = Script(text="Your table for four is booked.")
@@ -417,8 +476,14 @@ async def test_a_call_through_the_real_server_is_answered_by_the_openai_adapter(
         port = runner.addresses[0][1]
         result = await run_call(f"ws://127.0.0.1:{port}/media/twilio", clip_script(0, 1, reply_timeout_s=5))
         record = await asyncio.wait_for(runner.app[CALLS].wait_finished(result.call_sid), 10)
+        again = await run_call(f"ws://127.0.0.1:{port}/media/twilio", clip_script(1, 1, reply_timeout_s=5))
+        clients = runner.app[CLIENTS]
+        assert clients.count == 1  # made at start-up, shared by both calls
     finally:
         await runner.cleanup()
+    assert repr(clients) == "<HttpClients closed>"  # the app closed it when it stopped
+    assert again.error is None and again.answered == 1
+    assert len({r.peer for r in fake.requests}) == 1  # the second call's request reused the connection
     assert result.error is None and result.answered == 1
     assert result.turns[0].reply.audio_s > 0
     assert [t["content"] for t in record.transcript if t["role"] == "assistant"] == ["Your table for four is booked."]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,9 +23,11 @@ from ringline.config.settings import Settings, load_settings
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.audio.formats import ALAW_8K, MULAW_8K, PCM16_16K, AudioFormat, Encoding
 from ringline.engine.audio.g711 import encode
+from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError
 from ringline.engine.stt.base import Transcript
-from ringline.engine.stt.deepgram import DeepgramStt, DeepgramSttSession, ReplayBuffer, SessionState
+from ringline.engine.stt.deepgram import DeepgramStt, DeepgramSttSession, SessionState
+from ringline.engine.stt.deepgram_protocol import ReplayBuffer, Send, next_message
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -166,6 +169,14 @@ def test_replay_keeps_at_most_its_limit_and_says_once_when_it_starts_dropping() 
     assert _plan(buffer, None) == [b"eeee", b"ffff"]
 
 
+def test_queued_audio_goes_out_in_messages_of_at_most_the_limit_and_controls_alone() -> None:
+    outbox: deque[bytes | Send] = deque([b"aa", b"bb", b"cc", Send.FINALIZE, b"dd"])
+    assert next_message(outbox, 4) == b"aabb"
+    assert next_message(outbox, 4) == b"cc"  # a control message ends the run of audio
+    assert next_message(outbox, 4) is Send.FINALIZE
+    assert next_message(outbox, 4) == b"dd" and not outbox
+
+
 # -- the fake's own wire surface --------------------------------------------------------------
 
 
@@ -188,6 +199,22 @@ async def test_the_fake_answers_errors_and_control_messages_as_deepgram_does(fak
             closing = await ws.receive(timeout=5)
             assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1000
     assert [c.type for c in fake.connections[0].control] == ["?", "CloseStream"]
+
+
+async def test_the_fake_closes_a_socket_idle_for_its_timeout_with_1011(fakes) -> None:
+    fake = await fakes(idle_timeout_s=0.3)
+    listen = fake.url.replace("ws", "http", 1) + "/v1/listen?encoding=mulaw&sample_rate=8000"
+    headers = {"Authorization": f"Token {fake.api_key}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(listen, headers=headers) as ws:
+        loop = asyncio.get_running_loop()
+        for _ in range(4):  # input every 0.2 s keeps it open
+            await asyncio.sleep(0.2)
+            await ws.send_str('{"type": "KeepAlive"}')
+        quiet_from = loop.time()
+        closing = await ws.receive(timeout=5)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1011
+        assert 0.25 <= loop.time() - quiet_from < 1.0
+    assert fake.connections[0].closed == "idle"
 
 
 # -- format and parameters --------------------------------------------------------------------
@@ -436,6 +463,20 @@ async def test_aclose_is_bounded_when_deepgram_stops_answering(fakes) -> None:
     assert loop.time() - started < 3.0  # _CLOSE_TIMEOUT_S (2 s), then abort: not websockets' 10 s
     await fake.wait_until(lambda: fake.connections[0].closed is not None)
     assert _session_tasks() == []
+
+
+async def test_sessions_on_shared_clients_share_one_sdk_client_that_closing_leaves_open(fakes) -> None:
+    fake = await fakes()
+    async with HttpClients() as clients:
+        stt = DeepgramStt(config(fake), LoopClock(), clients=clients)
+        first, second = await stt.open(MULAW_8K), await stt.open(MULAW_8K)
+        assert clients.count == 1 and len(fake.connections) == 2  # one client, a socket per session
+        await first.aclose()
+        await second.aclose()
+        third = await stt.open(MULAW_8K)  # the shared client still works after sessions closed
+        await third.aclose()
+        assert clients.count == 1
+    assert [c.closed for c in fake.connections] == ["CloseStream"] * 3
 
 
 async def test_send_never_suspends_the_frame_path(fakes, sessions) -> None:

@@ -19,10 +19,12 @@ from ringline.config.providers import ElevenLabsTtsConfig, FakeTtsConfig
 from ringline.config.settings import Settings, load_settings
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.audio.formats import ALAW_8K, MULAW_8K, PCM16_8K, PCM16_16K, AudioFormat, Encoding
+from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverTts
 from ringline.engine.tts.base import SpeechAudio
-from ringline.engine.tts.elevenlabs import ElevenLabsTts, PhraseAligner, output_format_for
+from ringline.engine.tts.elevenlabs import ElevenLabsTts
+from ringline.engine.tts.elevenlabs_ws import PhraseAligner, output_format_for
 from ringline.engine.tts.fake import FakeTts
 
 pytestmark = pytest.mark.timeout(30)
@@ -229,6 +231,7 @@ async def test_error_status_says_whether_to_retry(fake, transport, status, retry
     error = await failure(make_tts(fake, transport))
     assert error.retryable is retryable
     assert f"HTTP {status}" in str(error)
+    assert error.retry_after is None  # the server did not say
 
 
 @TRANSPORTS
@@ -244,6 +247,7 @@ async def test_rate_limit_is_retryable_and_says_when(fake, transport):
     error = await failure(make_tts(fake, transport))
     assert error.retryable
     assert "HTTP 429" in str(error) and "retry after 3 s" in str(error)
+    assert error.retry_after == 3.0
 
 
 @TRANSPORTS
@@ -336,6 +340,17 @@ async def test_key_is_never_logged_nor_in_errors(fake, transport, caplog):
     assert all(KEY not in str(record.args) for record in caplog.records)
     if transport == "http":
         assert "[redacted]" in str(errors[0])
+
+
+@TRANSPORTS
+async def test_replies_on_shared_clients_keep_the_http_connection_warm(fake, transport):
+    config = ElevenLabsTtsConfig(provider="elevenlabs", api_key=KEY, base_url=fake.url, transport=transport)
+    async with HttpClients() as clients:
+        for _ in range(2):  # two calls' replies
+            assert by_phrase(await speak(ElevenLabsTts(config, LoopClock(), clients=clients), ["Hello."]))
+        assert clients.count == 1
+    # HTTP: the second reply came on the first one's connection; a socket is one reply's alone
+    assert fake.connections.connections == (1 if transport == "http" else 2)
 
 
 # -- a whole call ---------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ async def test_rate_limit_is_retryable_and_says_when(fake):
     error = await failure(make_tts(fake))
     assert error.retryable
     assert "HTTP 429" in str(error) and "retry after 2 s" in str(error)
+    assert error.retry_after == 2.0
 
 
 async def test_body_cut_short_is_retryable(fake):

@@ -4,6 +4,7 @@ from config, and the errors for a missing package, a bad rate and a bad config v
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import soxr
 
 from ringline.benchmarks.clips import load_clip
-from ringline.config.settings import VadConfig, load_settings
+from ringline.config.settings import AgentConfig, VadConfig, load_settings
+from ringline.engine import providers
 from ringline.engine.audio.g711 import ulaw_decode
 from ringline.engine.errors import ConfigError
 from ringline.engine.record import EndReason
@@ -192,6 +194,14 @@ async def test_warm_up_reports_a_missing_package_and_loads_an_installed_one() ->
     assert str(err.value) == MISSING_MESSAGE
     await warm_up()
     assert load_model() is load_model()
+
+
+async def test_the_server_warms_silero_up_only_for_agents_that_use_it() -> None:
+    said: list[str] = []
+    await providers.warm_up([AgentConfig()], said.append)
+    assert said == []
+    await providers.warm_up([AgentConfig(), AgentConfig(vad=VadConfig(engine="silero"))], said.append)
+    assert said[0] == "loading silero vad ..." and re.fullmatch(r"silero vad ready in [\d.]+ s", said[1])
 
 
 # -- the real model on real speech --------------------------------------------------------------

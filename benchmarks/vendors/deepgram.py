@@ -36,13 +36,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import orjson
 from aiohttp import WSMsgType, web
 
+from ringline.benchmarks.vendors.server import LoopbackServer
 from ringline.engine.audio.formats import Encoding
 from ringline.engine.audio.g711 import decode
 
@@ -337,12 +337,64 @@ def _message_type(text: str) -> str:
     return str(message.get("type", "?")) if isinstance(message, dict) else "?"
 
 
+class _IdleTimer:
+    """``ws.receive(timeout=...)`` without a timer per message (that costs a fifth of the fake's
+    CPU at 100 sockets): one task sleeps until the last message plus ``seconds`` and, if the
+    handler is still waiting then, cancels its wait, which ``receive`` turns into ``TimeoutError``."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._handler = asyncio.current_task()
+        self._waiting = False
+        self._expired = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fake-deepgram-idle")
+
+    async def receive(self, ws: web.WebSocketResponse) -> Any:
+        self._waiting = True
+        try:
+            return await ws.receive()
+        except asyncio.CancelledError:
+            assert self._handler is not None
+            if self._expired and self._handler.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = False
+            self._last = self._loop.time()
+
+    async def _run(self) -> None:
+        while True:
+            left = self._last + self._seconds - self._loop.time()
+            if left > 0:
+                await asyncio.sleep(left)
+            elif self._waiting and self._handler is not None:
+                self._expired = True
+                self._handler.cancel()
+                return
+            else:  # busy between messages (not an idle socket): look again later
+                await asyncio.sleep(self._seconds)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 _CLOSE = object()
 """Writer queue sentinel: close the socket (after CloseStream's last messages)."""
 
 
-class FakeDeepgram:
-    """The server. ``async with`` it, or ``await start()`` / ``await close()``."""
+class FakeDeepgram(LoopbackServer):
+    """The server. ``async with`` it, or ``await start()`` / ``await close()``. ``url`` is the
+    WebSocket origin to configure as ``base_url`` (the SDK appends ``/v1/listen``)."""
+
+    URL_TEMPLATE = "ws://127.0.0.1:{port}"
+    SHUTDOWN_TIMEOUT_S = 1.0
 
     def __init__(
         self,
@@ -356,6 +408,7 @@ class FakeDeepgram:
         idle_timeout_s: float = 10.0,
         keep_audio: bool = False,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.script = _Script(tuple(transcripts), fallback)
         self.final_latency_ms = final_latency_ms
@@ -372,43 +425,18 @@ class FakeDeepgram:
         self._stall = 0
         self._live: dict[ListenConnection, web.Request] = {}
         self._waiters: list[asyncio.Future[None]] = []
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        """The WebSocket origin to configure as ``base_url`` (the SDK appends ``/v1/listen``)."""
-        if not self._port:
-            raise RuntimeError("FakeDeepgram is not started")
-        return f"ws://127.0.0.1:{self._port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/listen", self._listen)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v1/listen", self._listen)
 
     async def close(self) -> None:
+        """Drop every open socket (no close frame: like a server going away), then stop."""
         for request in list(self._live.values()):
             if request.transport is not None:
                 request.transport.abort()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeDeepgram:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        await super().close()
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -502,11 +530,13 @@ class FakeDeepgram:
             for message in messages:
                 outbox.put_nowait((loop.time() + latency_ms / 1000, message))
 
+        idle = _IdleTimer(self.idle_timeout_s)
+        idle.start()
         self._notify()
         try:
             while True:
                 try:
-                    msg = await ws.receive(timeout=self.idle_timeout_s)
+                    msg = await idle.receive(ws)
                 except TimeoutError:
                     conn.closed = "idle"
                     reason = b"Deepgram did not receive audio data or a text message within the timeout window."
@@ -563,7 +593,7 @@ class FakeDeepgram:
             conn.closed = conn.closed or "client"
             writer.cancel()
             self._notify()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.gather(writer, idle.stop(), return_exceptions=True)
         return ws
 
     async def _write(self, ws: web.WebSocketResponse, conn: ListenConnection, outbox: asyncio.Queue) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 import orjson
 from aiohttp import WSMsgType, web
 
+from ringline.benchmarks.vendors.server import LoopbackServer
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.audio.g711 import encode
 
@@ -191,7 +192,7 @@ class _Cut(Exception):
     """The fault said to drop the connection here."""
 
 
-class FakeElevenLabs:
+class FakeElevenLabs(LoopbackServer):
     """The fake server on 127.0.0.1, port chosen by the OS. ``url`` is the SDK's ``base_url``."""
 
     def __init__(
@@ -202,6 +203,7 @@ class FakeElevenLabs:
         faults: Faults | None = None,
         inactivity_s: float = 20.0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.latency = latency or Latency()
         self.faults = faults or Faults()
@@ -209,38 +211,10 @@ class FakeElevenLabs:
         self.requests: list[RecordedRequest] = []
         self.connections = ConnectionCosts()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port = 0
 
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    async def start(self) -> FakeElevenLabs:
-        app = web.Application()
-        app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self._http)
-        app.router.add_get("/v1/text-to-speech/{voice_id}/stream-input", self._socket)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
-        return self
-
-    async def close(self) -> None:
-        self._closing.set()  # hanging handlers return
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeElevenLabs:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/text-to-speech/{voice_id}/stream", self._http)
+        router.add_get("/v1/text-to-speech/{voice_id}/stream-input", self._socket)
 
     # -- common -----------------------------------------------------------------------------------
 
@@ -278,7 +252,7 @@ class FakeElevenLabs:
         offset = 0.0
         for piece in pieces(audio, fmt, latency.chunk_ms):
             if faults.hang_after is not None and recorded.pieces_sent >= faults.hang_after:
-                await self._closing.wait()
+                await self.closing.wait()
                 raise _Cut
             if faults.cut_after is not None and recorded.pieces_sent >= faults.cut_after:
                 raise _Cut

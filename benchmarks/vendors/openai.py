@@ -37,6 +37,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ringline.benchmarks.vendors.server import LoopbackServer
+
 _TOKEN = re.compile(r"\s*\S+")
 
 ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -120,8 +122,11 @@ class RecordedRequest:
     """Set when the handler is done, whatever the outcome."""
 
 
-class FakeOpenAi:
+class FakeOpenAi(LoopbackServer):
     """The fake server on 127.0.0.1, port chosen by the OS. ``url`` is the SDK's ``base_url``."""
+
+    URL_TEMPLATE = "http://127.0.0.1:{port}/v1"
+    SHUTDOWN_TIMEOUT_S = 60.0  # aiohttp's default: closing ends hanging scripts, the rest may finish
 
     def __init__(
         self,
@@ -131,6 +136,7 @@ class FakeOpenAi:
         model: str | None = None,
         keep_alive: bool = True,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.default = default or Script(text="Hello from the fake.")
         self.model = model
@@ -141,38 +147,10 @@ class FakeOpenAi:
         self.requests: list[RecordedRequest] = []
         self._scripts: deque[Script] = deque()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
         self._arrived = asyncio.Condition()
-        self._port = 0
 
-    # -- lifecycle --------------------------------------------------------------------------
-
-    async def start(self, port: int = 0) -> FakeOpenAi:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._completions)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
-        return self
-
-    async def close(self) -> None:
-        self._closing.set()  # hanging handlers return
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAi:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/chat/completions", self._completions)
 
     # -- scripting and inspection -------------------------------------------------------------
 
@@ -264,7 +242,7 @@ class FakeOpenAi:
         step = 1 / script.tokens_per_s if script.tokens_per_s else 0.0
         for n, (delta, finish) in enumerate(deltas):
             if n == script.hang_after:
-                await self._closing.wait()
+                await self.closing.wait()
                 return response
             if n == script.cut_after:
                 assert request.transport is not None
@@ -289,9 +267,9 @@ class FakeOpenAi:
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds``; True when the server is closing meanwhile."""
         if seconds <= 0:
-            return self._closing.is_set()
+            return self.closing.is_set()
         try:
-            await asyncio.wait_for(self._closing.wait(), seconds)
+            await asyncio.wait_for(self.closing.wait(), seconds)
         except TimeoutError:
             return False
         return True

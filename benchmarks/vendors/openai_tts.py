@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from ringline.benchmarks.vendors.elevenlabs import ConnectionCosts, Faults, Latency, Pacer, pieces, tone
+from ringline.benchmarks.vendors.server import LoopbackServer
 from ringline.engine.audio.formats import AudioFormat, Encoding
 
 PCM_24K = AudioFormat(Encoding.PCM16, 24000)
@@ -57,44 +58,21 @@ class _Cut(Exception):
     pass
 
 
-class FakeOpenAiTts:
+class FakeOpenAiTts(LoopbackServer):
     """The fake server on 127.0.0.1, port chosen by the OS. ``url`` is the SDK's ``base_url``."""
 
+    URL_TEMPLATE = "http://127.0.0.1:{port}/v1"
+
     def __init__(self, api_key: str = "sk-fake", *, latency: Latency | None = None, faults: Faults | None = None):
+        super().__init__()
         self.api_key = api_key
         self.latency = latency or Latency()
         self.faults = faults or Faults()
         self.requests: list[RecordedSpeech] = []
         self.connections = ConnectionCosts()
-        self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
-        self._port = 0
 
-    async def start(self) -> FakeOpenAiTts:
-        app = web.Application()
-        app.router.add_post("/v1/audio/speech", self._speech)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
-        return self
-
-    async def close(self) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAiTts:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/audio/speech", self._speech)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         await self.connections.charge(request, self.latency)
@@ -124,7 +102,7 @@ class FakeOpenAiTts:
         audio = tone(len(text.strip()) * latency.seconds_per_char, PCM_24K, latency.tone_hz)
         for piece in pieces(audio, PCM_24K, latency.chunk_ms):
             if faults.hang_after is not None and recorded.pieces_sent >= faults.hang_after:
-                await self._closing.wait()
+                await self.closing.wait()
                 break
             if faults.cut_after is not None and recorded.pieces_sent >= faults.cut_after:
                 assert request.transport is not None

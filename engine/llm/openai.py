@@ -14,9 +14,15 @@ Failures are ``ProviderError``:
 - no first token within ``first_token_timeout_s``, or no complete reply within ``timeout_s``
   (both on the injected clock): the request is cancelled, ``retryable=True``.
 
+A ``Retry-After`` header (429, 503) is in the message and, in seconds, in ``retry_after``.
+
 Error texts never contain the API key (redacted should a server echo it), and errors are raised
 ``from None``: the SDK's exception (with the raw response body) is not chained into logged
 tracebacks.
+
+Clients: given the process's ``HttpClients``, every call shares one ``AsyncOpenAI`` (and its
+connection pool) per base URL, key and timeout (``openai_client``, also used by the OpenAI TTS
+adapter); without, the adapter makes its own, closed by ``aclose``.
 
 Choices:
 
@@ -32,10 +38,8 @@ Choices:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,7 +50,8 @@ import orjson
 
 from ringline.config.providers import OpenAiLlmConfig
 from ringline.engine.audio.clock import Clock, LoopClock
-from ringline.engine.errors import ProviderError
+from ringline.engine.clients import POOL_KEEPALIVE, POOL_KEEPALIVE_EXPIRY_S, HttpClients
+from ringline.engine.errors import ProviderError, parse_retry_after
 from ringline.engine.llm.base import Context, LlmEvent, Message, TextDelta, Tool, ToolCall
 
 log = logging.getLogger(__name__)
@@ -56,46 +61,53 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Plus every 5xx."""
 
 
-KEEPALIVE = httpx2.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=60.0)
-"""Keep the connection between a call's turns (httpx's default expiry, 5 s, is shorter than most
-turns): no new TCP and TLS handshake before each reply. A connection the server closed meanwhile
-is noticed and replaced before it is reused."""
+def openai_client(clients: HttpClients, *, api_key: str, base_url: str, timeout_s: float) -> openai.AsyncOpenAI:
+    """The ``AsyncOpenAI`` for this base URL, key and timeout, shared through ``clients``: its pool
+    keeps connections between turns and calls, on the one TLS context. The SDK never retries."""
+
+    def make() -> tuple[openai.AsyncOpenAI, Callable[[], Awaitable[None]]]:
+        limits = httpx2.Limits(
+            max_connections=None, max_keepalive_connections=POOL_KEEPALIVE, keepalive_expiry=POOL_KEEPALIVE_EXPIRY_S
+        )
+        http = openai.DefaultAsyncHttpxClient(verify=clients.tls_context(), timeout=timeout_s, limits=limits)
+        client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s, http_client=http
+        )
+        return client, client.close
+
+    return clients.get(("openai", base_url, api_key, timeout_s), make)
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every client: building one loads the CA bundle (40-80 ms)."""
-    return httpx2.create_ssl_context()
-
-
-async def warm_up(config: OpenAiLlmConfig) -> None:
+async def warm_up(config: OpenAiLlmConfig, clients: HttpClients | None = None) -> None:
     """The one-time costs of the first call, paid at start-up instead (importing this module is
-    the biggest, ~1.2 s): the TLS context and the SDK's lazily imported resources. Sends nothing."""
-    llm = OpenAiLlm(config, LoopClock())
-    _ = llm._client.chat.completions.with_streaming_response
+    the biggest, ~1.2 s): the TLS context, the shared client and the SDK's lazily imported
+    resources. Sends nothing."""
+    llm = OpenAiLlm(config, LoopClock(), clients=clients)
+    _ = llm.client().chat.completions.with_streaming_response
     await llm.aclose()
 
 
 class OpenAiLlm:
-    def __init__(self, config: OpenAiLlmConfig, clock: Clock) -> None:
+    def __init__(self, config: OpenAiLlmConfig, clock: Clock, *, clients: HttpClients | None = None) -> None:
         self._config = config
         self._clock = clock
         self._secret = config.api_key.get_secret_value()
-        base_url = config.base_url or OPENAI_URL
-        self._token_param = "max_completion_tokens" if urlsplit(base_url).hostname == "api.openai.com" else "max_tokens"
-        self._client = openai.AsyncOpenAI(
-            api_key=self._secret,
-            base_url=base_url,
-            max_retries=0,
-            timeout=config.timeout_s,
-            http_client=openai.DefaultAsyncHttpxClient(
-                verify=_tls_context(), timeout=config.timeout_s, limits=KEEPALIVE
-            ),
+        self._base_url = config.base_url or OPENAI_URL
+        host = urlsplit(self._base_url).hostname
+        self._token_param = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+        self._owns_clients = clients is None
+        self._clients = HttpClients() if clients is None else clients
+
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client (made on first use, on the event loop)."""
+        return openai_client(
+            self._clients, api_key=self._secret, base_url=self._base_url, timeout_s=self._config.timeout_s
         )
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.close()
+        """Close the adapter's own client, if it made one; a shared one is its owner's to close."""
+        if self._owns_clients:
+            await self._clients.aclose()
 
     def request(self, context: Context, tools: Sequence[Tool]) -> dict[str, Any]:
         """The arguments of ``chat.completions.create`` for this context.
@@ -133,7 +145,7 @@ class OpenAiLlm:
             watchdog.start()
             watchdog.waiting = True
             try:
-                response = await self._client.chat.completions.with_streaming_response.create(**kwargs).__aenter__()
+                response = await self.client().chat.completions.with_streaming_response.create(**kwargs).__aenter__()
             finally:
                 watchdog.waiting = False
             events = sse_data(response.http_response.aiter_lines())
@@ -166,9 +178,11 @@ class OpenAiLlm:
         except openai.APIError as exc:
             if watchdog.claim_cancellation():  # the SDK turned our cancellation into its error
                 raise ProviderError(watchdog.expired, retryable=True) from None
-            raise ProviderError(self._redact(describe(exc)), retryable=is_retryable(exc)) from None
+            retryable = is_retryable(exc)
+            retry_after = retry_after_of(exc) if retryable else None
+            raise ProviderError(self._redact(describe(exc)), retryable=retryable, retry_after=retry_after) from None
         except ProviderError as exc:  # from the stream: its text may quote what the server sent
-            raise ProviderError(self._redact(str(exc)), retryable=exc.retryable) from None
+            raise ProviderError(self._redact(str(exc)), retryable=exc.retryable, retry_after=exc.retry_after) from None
         finally:
             await watchdog.stop()
             if response is not None:
@@ -230,6 +244,13 @@ def is_retryable(exc: openai.APIError) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500
     return True  # connection errors, timeouts, an error event mid-stream
+
+
+def retry_after_of(exc: openai.APIError) -> float | None:
+    """Seconds the server asked to wait (``Retry-After`` of an error response), if it said."""
+    if isinstance(exc, openai.APIStatusError):
+        return parse_retry_after(exc.response.headers.get("retry-after"))
+    return None
 
 
 def describe(exc: openai.APIError) -> str:

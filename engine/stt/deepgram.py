@@ -18,6 +18,10 @@ word times by where the replay starts, so times keep increasing and no word is l
 reconnecting fails for ``give_up_after_s``, or the server refuses the key, the transcript
 iterator raises ``ProviderError(retryable=False)``.
 
+The parts without I/O (query parameters, outbox packing, the replay buffer, reading results) are
+in ``deepgram_protocol``. The SDK client comes from the process's shared ``HttpClients`` (one per
+base URL and key; ``sdk_client``): it holds no connection, each session's socket is its own.
+
 The API key goes only into the SDK's ``Authorization`` header: the SDK masks it in the
 ``websockets`` debug log and in its errors, and the errors raised here are built from status
 codes, never from the SDK's exception text.
@@ -38,14 +42,15 @@ import enum
 import logging
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ringline.config.providers import DeepgramSttConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioFormat, Encoding
-from ringline.engine.errors import ProviderError
-from ringline.engine.stt.base import Transcript, Word
+from ringline.engine.clients import HttpClients
+from ringline.engine.errors import ProviderError, parse_retry_after
+from ringline.engine.stt.base import Transcript
+from ringline.engine.stt.deepgram_protocol import ReplayBuffer, Send, next_message, query_params, read_results
 
 with warnings.catch_warnings():
     # The SDK imports ``websockets.legacy`` and the legacy ``InvalidStatusCode``: both warn.
@@ -62,7 +67,6 @@ with warnings.catch_warnings():
 
 log = logging.getLogger(__name__)
 
-_ENCODINGS = {Encoding.MULAW: "mulaw", Encoding.ALAW: "alaw", Encoding.PCM16: "linear16"}
 _OPEN_TIMEOUT_S = 5.0
 """The first connection (in ``open``): longer than a reconnect, a call can wait for it."""
 _CLOSE_TIMEOUT_S = 2.0
@@ -77,14 +81,6 @@ _RETRY_DELAYS_S = (0.0, 0.1, 0.25, 0.5)
 _STABLE_S = 2.0
 """A connection that lasted this long worked: its drop starts a new count toward giving up."""
 _RETRYABLE = (OSError, TimeoutError, ConnectionClosed, InvalidHandshake)
-
-
-class _Send(enum.Enum):
-    """Control messages queued in the outbox between audio frames."""
-
-    FINALIZE = "Finalize"
-    KEEPALIVE = "KeepAlive"
-    CLOSE_STREAM = "CloseStream"
 
 
 class SessionState(enum.Enum):
@@ -104,34 +100,13 @@ class _NoHttp(httpx.AsyncBaseTransport):
         raise ProviderError("the Deepgram STT adapter makes no HTTP requests")
 
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _query_params(config: DeepgramSttConfig, fmt: AudioFormat) -> dict[str, str]:
-    """The ``/v1/listen`` query parameters for ``config`` and the audio format sent."""
-    params = {
-        "model": config.model,
-        "language": config.language,
-        "encoding": _ENCODINGS[fmt.encoding],
-        "sample_rate": str(fmt.sample_rate),
-        "channels": str(fmt.channels),
-        "interim_results": _flag(config.interim_results),
-        "punctuate": _flag(config.punctuate),
-        "smart_format": _flag(config.smart_format),
-        "endpointing": "false" if config.endpointing_ms is None else str(config.endpointing_ms),
-    }
-    if config.utterance_end_ms is not None and config.interim_results:  # Deepgram requires both
-        params["utterance_end_ms"] = str(config.utterance_end_ms)
-    return params
-
-
 def _error_for(exc: BaseException, key: str) -> ProviderError:
     """A ProviderError for a failed connect, its message free of the key."""
     if isinstance(exc, ApiError):
         status = exc.status_code or 0
         response = getattr(exc.__context__, "headers", None)  # the refused handshake's response headers
         detail = response.get("dg-error", "") if response is not None else ""
+        retry_after = parse_retry_after(response.get("retry-after")) if response is not None else None
         suffix = f": {detail.replace(key, '[REDACTED]') if key else detail}" if detail else ""
         if status == 401:
             message = f"Deepgram rejected the API key (HTTP 401){suffix}"
@@ -143,7 +118,8 @@ def _error_for(exc: BaseException, key: str) -> ProviderError:
             message = f"Deepgram is rate limiting (HTTP 429){suffix}"
         else:
             message = f"Deepgram answered HTTP {status} to the connect{suffix}"
-        return ProviderError(message, retryable=status in (408, 429) or status >= 500)
+        retryable = status in (408, 429) or status >= 500
+        return ProviderError(message, retryable=retryable, retry_after=retry_after if retryable else None)
     if isinstance(exc, TimeoutError):
         return ProviderError("Deepgram did not accept the connection in time", retryable=True)
     if isinstance(exc, InvalidURI):
@@ -151,111 +127,64 @@ def _error_for(exc: BaseException, key: str) -> ProviderError:
     return ProviderError(f"Deepgram connection failed ({type(exc).__name__})", retryable=True)
 
 
-class ReplayBuffer:
-    """Sans-IO: the audio no final result has covered yet, in byte offsets from the session start.
-
-    ``append`` each frame, ``ack`` the end of each final; after a reconnect, ``replay`` is what the
-    new socket must get first. Beyond ``limit`` bytes the oldest audio is dropped (its words lost)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.total = 0
-        """Bytes appended so far."""
-        self.acked = 0
-        """Audio before this offset is covered by final results."""
-        self._chunks: deque[bytes] = deque()
-        self._start = 0
-        """Offset of ``_chunks[0]``."""
-        self._size = 0
-        self.overflowing = False
-        """Unacknowledged audio was dropped and no final has come since."""
-
-    def append(self, audio: bytes) -> bool:
-        """Keep ``audio``. True when this starts an overflow (audio no final covered is dropped)."""
-        self._chunks.append(audio)
-        self.total += len(audio)
-        self._size += len(audio)
-        if self._size <= self.limit:
-            return False
-        while self._size > self.limit and len(self._chunks) > 1:
-            self._pop()
-        if self.acked >= self._start:
-            return False
-        self.acked = self._start
-        started, self.overflowing = not self.overflowing, True
-        return started
-
-    def ack(self, offset: int) -> None:
-        """Audio before ``offset`` has its final: it never needs replaying."""
-        if offset <= self.acked:
-            return
-        self.acked = offset
-        self.overflowing = False
-        while self._chunks and self._start + len(self._chunks[0]) <= offset:
-            self._pop()
-
-    def _pop(self) -> None:
-        chunk = self._chunks.popleft()
-        self._start += len(chunk)
-        self._size -= len(chunk)
-
-    def replay(self, finalize_at: int | None) -> deque[bytes | _Send]:
-        """The audio from ``acked`` on, with a Finalize at ``finalize_at`` (at the start if that
-        audio is already covered)."""
-        start = self.acked
-        out: deque[bytes | _Send] = deque()
-        if finalize_at is not None:
-            finalize_at = max(finalize_at, start)
-        offset = self._start
-        for chunk in self._chunks:  # invariant: finalize_at is None or >= offset
-            end = offset + len(chunk)
-            if end > start:
-                if offset < start:
-                    chunk, offset = chunk[start - offset :], start
-                if finalize_at is not None and finalize_at < end:
-                    cut = finalize_at - offset
-                    if cut:
-                        out.append(chunk[:cut])
-                    out.append(_Send.FINALIZE)
-                    chunk, finalize_at = chunk[cut:], None
-                if chunk:
-                    out.append(chunk)
-            offset = end
-        if finalize_at is not None:
-            out.append(_Send.FINALIZE)
-        return out
-
-
 class DeepgramStt:
     """Opens one streaming session per call. ``give_up_after_s``: how long reconnecting may keep
     failing before the transcripts end in an error; ``answer_timeout_s``: a Finalize with no
-    message back for this long means the socket is dead (it is dropped and reconnected)."""
+    message back for this long means the socket is dead (it is dropped and reconnected).
+    ``clients``: the process's shared clients (one SDK client per base URL and key); without,
+    each session makes its own and closes it."""
 
     def __init__(
-        self, config: DeepgramSttConfig, clock: Clock, *, give_up_after_s: float = 5.0, answer_timeout_s: float = 3.0
+        self,
+        config: DeepgramSttConfig,
+        clock: Clock,
+        *,
+        clients: HttpClients | None = None,
+        give_up_after_s: float = 5.0,
+        answer_timeout_s: float = 3.0,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._clients = clients
         self._give_up_after_s = give_up_after_s
         self._answer_timeout_s = answer_timeout_s
 
     async def open(self, offered: AudioFormat) -> DeepgramSttSession:
         """Connect (raising ``ProviderError`` if Deepgram refuses) and start streaming."""
         fmt = offered if offered.channels == 1 else AudioFormat(Encoding.PCM16, offered.sample_rate)
-        base = self._config.base_url.rstrip("/")
-        environment = DeepgramClientEnvironment(
-            base=base.replace("ws", "http", 1), production=base, agent=base, agent_rest=base.replace("ws", "http", 1)
-        )
-        client = AsyncDeepgramClient(
-            api_key=self._config.api_key.get_secret_value(),
-            environment=environment,
-            httpx_client=httpx.AsyncClient(transport=_NoHttp(), trust_env=False),
-        )
+        own = HttpClients() if self._clients is None else None
+        client = sdk_client(self._config, self._clients if own is None else own)
         session = DeepgramSttSession(
-            self._config, self._clock, fmt, client, self._give_up_after_s, self._answer_timeout_s
+            self._config, self._clock, fmt, client, self._give_up_after_s, self._answer_timeout_s, own
         )
-        await session.start()
+        try:
+            await session.start()
+        except BaseException:
+            if own is not None:
+                await own.aclose()
+            raise
         return session
+
+
+def sdk_client(config: DeepgramSttConfig, clients: HttpClients) -> AsyncDeepgramClient:
+    """The SDK client for this base URL and key, shared through ``clients``. It holds no
+    connection of its own (each session's socket is its own), so one serves every call."""
+    key = config.api_key.get_secret_value()
+
+    def make() -> tuple[AsyncDeepgramClient, Callable[[], Awaitable[None]]]:
+        base = config.base_url.rstrip("/")
+        http = base.replace("ws", "http", 1)
+        environment = DeepgramClientEnvironment(base=http, production=base, agent=base, agent_rest=http)
+        httpx_client = httpx.AsyncClient(transport=_NoHttp(), trust_env=False)
+        client = AsyncDeepgramClient(api_key=key, environment=environment, httpx_client=httpx_client)
+        return client, httpx_client.aclose
+
+    return clients.get(("deepgram", config.base_url, key), make)
+
+
+async def warm_up(config: DeepgramSttConfig, clients: HttpClients) -> None:
+    """Make the shared SDK client at start-up. Sends nothing."""
+    sdk_client(config, clients)
 
 
 class DeepgramSttSession:
@@ -269,12 +198,15 @@ class DeepgramSttSession:
         client: AsyncDeepgramClient,
         give_up_after_s: float,
         answer_timeout_s: float,
+        own_clients: HttpClients | None = None,
     ) -> None:
         self.format = fmt
+        self._own_clients = own_clients
+        """A private ``HttpClients`` (no shared one was given): closed with the session."""
         self._config = config
         self._clock = clock
         self._client = client
-        self._params = _query_params(config, fmt)
+        self._params = query_params(config, fmt)
         self._key = config.api_key.get_secret_value()
         self._give_up_after_s = give_up_after_s
         self._answer_timeout_s = answer_timeout_s
@@ -287,7 +219,7 @@ class DeepgramSttSession:
         """Session byte offset of the latest ``finalize`` whose final has not come back."""
         self._origin = 0
         """Session byte offset where the current connection's audio (its time 0) starts."""
-        self._outbox: deque[bytes | _Send] = deque()
+        self._outbox: deque[bytes | Send] = deque()
         self._wake = asyncio.Event()
         self._last_sent_at = clock.now()
         """Clock time audio (or a KeepAlive) last went out."""
@@ -325,12 +257,14 @@ class DeepgramSttSession:
             self._set_state(SessionState.CLOSING)
         task = self._task
         if was_open and task is not None:
-            self._outbox.append(_Send.CLOSE_STREAM)
+            self._outbox.append(Send.CLOSE_STREAM)
             self._wake.set()
             await asyncio.wait([task], timeout=_CLOSE_TIMEOUT_S)
             if not task.done():
                 log.warning("deepgram did not close within %.1f s of CloseStream: aborting", _CLOSE_TIMEOUT_S)
         await self._stop_task()
+        if self._own_clients is not None:
+            await self._own_clients.aclose()
         self._set_state(SessionState.CLOSED)
         self._transcripts.put_nowait(None)
 
@@ -363,7 +297,7 @@ class DeepgramSttSession:
     async def finalize(self) -> None:
         if self.state is SessionState.OPEN or self.state is SessionState.RECONNECTING:
             self._finalize_at = self._replay.total
-            self._outbox.append(_Send.FINALIZE)
+            self._outbox.append(Send.FINALIZE)
             self._wake.set()
 
     async def __aiter__(self) -> AsyncIterator[Transcript]:
@@ -475,21 +409,15 @@ class DeepgramSttSession:
             while not outbox:
                 wake.clear()
                 await wake.wait()
-            item = outbox.popleft()
+            item = next_message(outbox, self._max_message)
             if isinstance(item, bytes):
-                if outbox and isinstance(outbox[0], bytes):
-                    parts, size = [item], len(item)
-                    while outbox and isinstance(nxt := outbox[0], bytes) and size + len(nxt) <= self._max_message:
-                        parts.append(outbox.popleft())
-                        size += len(nxt)
-                    item = b"".join(parts)
                 await socket.send_media(item)
                 self._last_sent_at = clock.now()
-            elif item is _Send.FINALIZE:
+            elif item is Send.FINALIZE:
                 await socket.send_finalize()
                 if self._finalize_sent_at is None:
                     self._finalize_sent_at = clock.now()
-            elif item is _Send.KEEPALIVE:
+            elif item is Send.KEEPALIVE:
                 await socket.send_keep_alive()
             else:
                 await socket.send_close_stream()
@@ -501,7 +429,7 @@ class DeepgramSttSession:
             now = clock.now()
             if now - self._last_sent_at >= keepalive:
                 self._last_sent_at = now
-                self._outbox.append(_Send.KEEPALIVE)
+                self._outbox.append(Send.KEEPALIVE)
                 self._wake.set()
             asked = self._finalize_sent_at
             if asked is not None and self._last_heard_at < asked and now - asked >= self._answer_timeout_s:
@@ -519,20 +447,11 @@ class DeepgramSttSession:
                 log.warning("deepgram error: %s: %s", message.variant, message.description)
 
     def _on_results(self, result: ListenV1Results) -> None:
-        origin_s = self._origin / self._bytes_per_s
-        alternatives = result.channel.alternatives
-        best: Any = alternatives[0] if alternatives else None
-        text = best.transcript if best is not None else ""
-        if result.is_final:
-            covered = self._origin + int(round((result.start + result.duration) * self._bytes_per_s))
+        transcript, covered = read_results(result, self._origin, self._bytes_per_s)
+        if covered is not None:
             self._replay.ack(covered - covered % self._align)
             if result.from_finalize and self._finalize_at is not None and covered + self._align >= self._finalize_at:
                 self._finalize_at = None
                 self._finalize_sent_at = None
-        elif not text:
-            return  # an interim of silence says nothing
-        words = tuple(
-            Word(w.punctuated_word or w.word, origin_s + w.start, origin_s + w.end)
-            for w in ((best.words or ()) if best is not None else ())
-        )
-        self._transcripts.put_nowait(Transcript(text, bool(result.is_final), words))
+        if transcript is not None:
+            self._transcripts.put_nowait(transcript)

@@ -9,7 +9,8 @@ Two transports (``ElevenLabsTtsConfig.transport``):
   opened as soon as the reply starts (while the LLM is still thinking) and fed phrase by phrase,
   each with ``flush: true``; ``text: ""`` ends it. The SDK's helper for it is sync-only, so this
   is a small asyncio client (aiohttp). One socket is one generation: the voice carries on from
-  phrase to phrase. Audio is attributed to phrases by its ``alignment`` (``PhraseAligner``).
+  phrase to phrase. Audio is attributed to phrases by its ``alignment`` (``PhraseAligner``). The
+  socket's URL, messages and aligner, without I/O, are in ``elevenlabs_ws``.
 
 Audio comes in the call's own format where ElevenLabs has it (``output_format_for``): mu-law and
 A-law 8 kHz pass through untouched, PCM16 at an offered rate too; anything else gets the nearest
@@ -17,44 +18,49 @@ PCM rate at or above the call's, and the call converts.
 
 Failures are ``ProviderError``: HTTP 400/401/403/404/422 (and other 4xx) and WebSocket closes for
 policy or bad data are final (``retryable=False``); 408/409/429 (with ``Retry-After`` in the
-message), 5xx, connection errors, a stream cut short and a server that stops answering (no audio
-for ``timeout_s`` while some is owed) are ``retryable=True``. The SDK does not retry: the caller
-decides. Messages never contain the API key, and errors are raised ``from None`` so the SDK's
-exception (with request details) is not chained into logged tracebacks.
+message and as ``retry_after``), 5xx, connection errors, a stream cut short and a server that
+stops answering (no audio for ``timeout_s`` while some is owed) are ``retryable=True``. The SDK
+does not retry: the caller decides. Messages never contain the API key, and errors are raised
+``from None`` so the SDK's exception (with request details) is not chained into logged tracebacks.
 
-Clients: by default each reply opens its own connection (the ``Tts`` seam has no close hook, so
-nothing outlives the reply). Pass a shared ``httpx.AsyncClient`` as ``http_client`` (its owner
-closes it) to keep HTTP connections warm across replies and calls.
+Clients: given the process's ``HttpClients``, the adapter shares one SDK client (and its warm
+HTTP connections) per base URL, key and timeout, and one aiohttp session for the sockets, with
+every call; without, each reply makes its own and closes them when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import logging
-import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import httpx
-import orjson
 from elevenlabs import AsyncElevenLabs, VoiceSettings
 from elevenlabs.core.api_error import ApiError
 
 from ringline.config.providers import ElevenLabsTtsConfig
-from ringline.engine.audio.clock import Clock
-from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding
-from ringline.engine.errors import ProviderError
+from ringline.engine.audio.clock import Clock, LoopClock
+from ringline.engine.audio.formats import AudioChunk, AudioFormat
+from ringline.engine.clients import POOL_KEEPALIVE, POOL_KEEPALIVE_EXPIRY_S, HttpClients, borrow
+from ringline.engine.errors import ProviderError, parse_retry_after
 from ringline.engine.tts.base import SpeechAudio
+from ringline.engine.tts.elevenlabs_ws import (
+    END_MESSAGE,
+    FINAL_CLOSE_CODES,
+    KEEPALIVE_MESSAGE,
+    PhraseAligner,
+    SocketMessage,
+    WholeSamples,
+    open_message,
+    output_format_for,
+    phrase_message,
+    socket_url,
+)
 
 log = logging.getLogger(__name__)
 
-PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
-"""The ``pcm_<rate>`` output formats ElevenLabs offers (16-bit little-endian mono)."""
 PREVIOUS_TEXT_CHARS = 300
 """HTTP: the end of the reply so far goes with each phrase as ``previous_text`` (continuity)."""
 CHUNK_MS = 40
@@ -62,26 +68,6 @@ CHUNK_MS = 40
 KEEPALIVE_S = 15.0
 """An idle socket (waiting for the LLM, e.g. during a tool call) gets ``text: " "`` this often:
 ElevenLabs closes stream-input sockets after 20 s without input."""
-_FINAL_CLOSE_CODES = frozenset({1003, 1007, 1008})
-"""WebSocket closes that trying again will not cure: unsupported or invalid data, policy (bad
-key, bad parameters, quota)."""
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every client: building one loads the CA bundle (~50 ms)."""
-    return httpx.create_ssl_context()
-
-
-def output_format_for(preferred: AudioFormat) -> tuple[str, AudioFormat]:
-    """The ``output_format`` to ask for when the call plays ``preferred``, and what it delivers."""
-    if preferred.channels == 1 and preferred.sample_rate == 8000:
-        if preferred.encoding is Encoding.MULAW:
-            return "ulaw_8000", preferred
-        if preferred.encoding is Encoding.ALAW:
-            return "alaw_8000", preferred
-    rate = next((r for r in PCM_RATES if r >= preferred.sample_rate), PCM_RATES[-1])
-    return f"pcm_{rate}", AudioFormat(Encoding.PCM16, rate)
 
 
 class ElevenLabsTts:
@@ -90,13 +76,13 @@ class ElevenLabsTts:
         config: ElevenLabsTtsConfig,
         clock: Clock,
         *,
-        http_client: httpx.AsyncClient | None = None,
+        clients: HttpClients | None = None,
         timeout_s: float = 5.0,
     ) -> None:
         self._config = config
         self._clock = clock
         self._secret = config.api_key.get_secret_value()
-        self._http_client = http_client
+        self._clients = clients
         self._timeout_s = timeout_s
         self._voice = {
             "stability": config.stability,
@@ -109,6 +95,37 @@ class ElevenLabsTts:
             return self._stream_http(phrases, preferred)
         return self._stream_socket(phrases, preferred)
 
+    # -- shared clients -----------------------------------------------------------------------------
+
+    def sdk_client(self, clients: HttpClients) -> AsyncElevenLabs:
+        """The SDK client (and its HTTP pool) for this base URL, key and timeout."""
+        base_url, timeout = self._config.base_url, self._timeout_s
+
+        def make() -> tuple[AsyncElevenLabs, Callable[[], Awaitable[None]]]:
+            limits = httpx.Limits(
+                max_connections=None, max_keepalive_connections=POOL_KEEPALIVE, keepalive_expiry=POOL_KEEPALIVE_EXPIRY_S
+            )
+            http = httpx.AsyncClient(verify=clients.tls_context(), timeout=timeout, limits=limits)
+            client = AsyncElevenLabs(api_key=self._secret, base_url=base_url, httpx_client=http, timeout=timeout)
+            return client, http.aclose
+
+        return clients.get(("elevenlabs", base_url, self._secret, timeout), make)
+
+    def socket_session(self, clients: HttpClients) -> aiohttp.ClientSession:
+        """The aiohttp session the stream-input sockets are opened with (the key goes per socket)."""
+        timeout = self._timeout_s
+
+        def make() -> tuple[aiohttp.ClientSession, Callable[[], Awaitable[None]]]:
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
+                # no limit: every call holds a socket for its reply; no cookies carried between calls
+                connector=aiohttp.TCPConnector(limit=0, ssl=clients.tls_context()),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            return session, session.close
+
+        return clients.get(("elevenlabs-ws", timeout), make)
+
     # -- http: one SDK request per phrase ---------------------------------------------------------
 
     async def _stream_http(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
@@ -116,16 +133,9 @@ class ElevenLabsTts:
         log.debug("elevenlabs http reply: output_format %s", output_format)
         options: Any = {"max_retries": 0, "chunk_size": fmt.bytes_for(CHUNK_MS)}
         voice = VoiceSettings(**self._voice)
-        async with AsyncExitStack() as stack:
-            http = self._http_client
-            if http is None:
-                http = await stack.enter_async_context(
-                    httpx.AsyncClient(verify=_tls_context(), timeout=self._timeout_s)
-                )
-            client = AsyncElevenLabs(
-                api_key=self._secret, base_url=self._config.base_url, httpx_client=http, timeout=self._timeout_s
-            )
-            samples = _WholeSamples(fmt.encoding.sample_width)
+        async with borrow(self._clients) as clients:
+            client = self.sdk_client(clients)
+            samples = WholeSamples(fmt.encoding.sample_width)
             said = ""  # the reply so far, for continuity of the voice from phrase to phrase
             index = 0
             async for text in phrases:
@@ -156,32 +166,16 @@ class ElevenLabsTts:
     async def _stream_socket(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
         output_format, fmt = output_format_for(preferred)
         log.debug("elevenlabs websocket reply: output_format %s", output_format)
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout_s, sock_read=self._timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with borrow(self._clients) as clients:
             # Closing sends a close frame and drops the connection unless the server's is already
             # in: a barge-in or a dropped prepared reply never waits on the network.
-            ws = await self._connect(session, self._socket_url(output_format))
+            ws = await self._connect(self.socket_session(clients), socket_url(self._config, output_format))
             async with ws:
-                if not await _send(ws, {"text": " ", "voice_settings": self._voice}):
+                if not await _send(ws, open_message(self._voice)):
                     raise ProviderError("elevenlabs: the socket closed as it opened", retryable=True)
                 reply = _SocketReply(ws, PhraseAligner(fmt), self._clock, self._timeout_s, self._redact)
                 async for audio in reply.run(phrases):
                     yield audio
-
-    def _socket_url(self, output_format: str) -> str:
-        cfg = self._config
-        scheme, netloc, path, _, _ = urlsplit(cfg.base_url)
-        ws_scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
-        path = f"{path.rstrip('/')}/v1/text-to-speech/{quote(cfg.voice_id, safe='')}/stream-input"
-        query = urlencode(
-            {
-                "model_id": cfg.model_id,
-                "output_format": output_format,
-                "auto_mode": "true",  # whole phrases come in: no buffering schedule on the server
-                "sync_alignment": "true",  # alignment with every audio message
-            }
-        )
-        return urlunsplit((ws_scheme, netloc, path, query, ""))
 
     async def _connect(self, session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
         try:
@@ -201,17 +195,27 @@ class ElevenLabsTts:
 
     def _status_error(self, status: int, headers: Any, detail: str) -> ProviderError:
         text = f"elevenlabs: HTTP {status}" + (f": {detail}" if detail else "")
-        retry_after = headers.get("retry-after") if headers is not None else None
-        if retry_after:
-            text += f" (retry after {retry_after} s)"
+        header = headers.get("retry-after") if headers is not None else None
+        if header:
+            text += f" (retry after {header} s)"
         retryable = status in (408, 409, 429) or status >= 500
-        return ProviderError(self._redact(text), retryable=retryable)
+        retry_after = parse_retry_after(header) if retryable else None
+        return ProviderError(self._redact(text), retryable=retryable, retry_after=retry_after)
 
     def _timed_out(self) -> str:
         return f"elevenlabs: no answer within {self._timeout_s:g} s"
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "[redacted]") if len(self._secret) >= 4 else text
+
+
+async def warm_up(config: ElevenLabsTtsConfig, clients: HttpClients) -> None:
+    """Make the shared client this config uses (and the TLS context) at start-up. Sends nothing."""
+    tts = ElevenLabsTts(config, LoopClock(), clients=clients)
+    if config.transport == "http":
+        tts.sdk_client(clients)
+    else:
+        tts.socket_session(clients)
 
 
 class _SocketReply:
@@ -265,10 +269,9 @@ class _SocketReply:
                     except StopAsyncIteration:
                         next_phrase = None
                         self._ended = True
-                        await _send(ws, {"text": ""})
+                        await _send(ws, END_MESSAGE)
                     else:
-                        payload = {"text": text.strip() + " ", "flush": True}
-                        sent = not aligner.add(index, text) or await _send(ws, payload)
+                        sent = not aligner.add(index, text) or await _send(ws, phrase_message(text))
                         index += 1
                         # A socket that broke takes no more phrases; what it already sent is still read.
                         next_phrase = asyncio.create_task(_anext(source), name="elevenlabs-phrase") if sent else None
@@ -281,13 +284,13 @@ class _SocketReply:
                         raise self._closed(message)
                     incoming = asyncio.create_task(ws.receive(), name="elevenlabs-receive")
                     self._active = clock.now()
-                    data = _parse(message.data)
-                    if audio := data.get("audio"):
-                        for phrase, piece in aligner.feed(_decode(audio), data.get("alignment")):
+                    received = SocketMessage.parse(message.data)
+                    if received.audio:
+                        for phrase, piece in aligner.feed(received.audio, received.alignment):
                             yield SpeechAudio(phrase, AudioChunk(piece, aligner.format))
-                    elif "error" in data or "message" in data:
-                        raise self._error_message(data)
-                    if data.get("isFinal"):
+                    elif received.error is not None:
+                        raise ProviderError(self._redact(received.error), retryable=received.retryable)
+                    if received.is_final:
                         if not self._ended:
                             raise ProviderError("elevenlabs: the socket ended before the reply did", retryable=True)
                         return
@@ -296,7 +299,7 @@ class _SocketReply:
                     if clock.now() >= self._limit():
                         if self._ended or aligner.owed:
                             raise ProviderError(f"elevenlabs: no audio for {self._stall_s:g} s", retryable=True)
-                        await _send(ws, {"text": " "})
+                        await _send(ws, KEEPALIVE_MESSAGE)
                         self._active = clock.now()
         finally:
             pending = [t for t in (next_phrase, incoming, timer) if t is not None and not t.done()]
@@ -310,94 +313,13 @@ class _SocketReply:
         if message.type is aiohttp.WSMsgType.ERROR:
             reason = f"{type(message.data).__name__}: {message.data}"
         text = f"elevenlabs: the socket closed mid-reply (code {code})" + (f": {reason}" if reason else "")
-        return ProviderError(self._redact(text), retryable=code not in _FINAL_CLOSE_CODES)
-
-    def _error_message(self, data: dict[str, Any]) -> ProviderError:
-        code = data.get("code")
-        text = f"elevenlabs: {data.get('error') or 'error'}: {data.get('message') or ''}".rstrip(": ")
-        return ProviderError(self._redact(text), retryable=code not in _FINAL_CLOSE_CODES)
+        return ProviderError(self._redact(text), retryable=code not in FINAL_CLOSE_CODES)
 
 
-class PhraseAligner:
-    """Attributes stream-input audio to phrases (sans I/O).
-
-    Every phrase sent is recorded with its count of non-blank characters. Each audio message's
-    ``alignment`` lists the characters it voices and when each starts (ms from the start of the
-    message's audio); counting them along the phrases tells whose audio it is, and when a
-    message runs from one phrase into the next it is cut where the next phrase's first character
-    starts. Blanks are not counted: the server's spacing need not match ours. A message without
-    alignment belongs to the phrase being voiced.
-    """
-
-    def __init__(self, fmt: AudioFormat) -> None:
-        self.format = fmt
-        self._bytes_per_sample = fmt.encoding.sample_width * fmt.channels
-        self._ends: list[tuple[int, int]] = []  # (phrase index, characters up to its end)
-        self._sent = 0  # characters sent
-        self._voiced = 0  # characters voiced
-        self._current = 0  # position in _ends of the phrase being voiced
-        self._samples = _WholeSamples(self._bytes_per_sample)
-
-    @property
-    def owed(self) -> bool:
-        """Characters were sent that no audio has voiced yet."""
-        return self._voiced < self._sent
-
-    def add(self, index: int, text: str) -> bool:
-        """Record phrase ``index``; False when it has nothing to speak (it is not sent)."""
-        count = sum(1 for ch in text if not ch.isspace())
-        if not count:
-            return False
-        self._sent += count
-        self._ends.append((index, self._sent))
-        return True
-
-    def feed(self, audio: bytes, alignment: dict[str, Any] | None) -> list[tuple[int, bytes]]:
-        """The message's audio, cut by phrase: ``[(phrase index, bytes), ...]``."""
-        audio = self._samples.take(audio)
-        if not self._ends:
-            return [(0, audio)] if audio else []
-        pieces: list[tuple[int, bytes]] = []
-        start = 0
-        chars = (alignment or {}).get("chars") or ()
-        times = (alignment or {}).get("charStartTimesMs") or ()
-        for char, ms in zip(chars, times, strict=False):
-            if char.isspace():
-                continue
-            while self._current < len(self._ends) - 1 and self._voiced >= self._ends[self._current][1]:
-                cut = max(start, min(len(audio), self._byte_at(ms)))
-                if cut > start:
-                    pieces.append((self._ends[self._current][0], audio[start:cut]))
-                start = cut
-                self._current += 1
-            self._voiced += 1
-        if start < len(audio):
-            pieces.append((self._ends[self._current][0], audio[start:]))
-        return pieces
-
-    def _byte_at(self, ms: float) -> int:
-        return round(ms * self.format.sample_rate / 1000) * self._bytes_per_sample
-
-
-class _WholeSamples:
-    """Hands on whole samples only (a byte stream may split one); the rest waits for the next piece."""
-
-    def __init__(self, width: int) -> None:
-        self._width = width
-        self._carry = b""
-
-    def take(self, data: bytes) -> bytes:
-        if self._carry:
-            data, self._carry = self._carry + data, b""
-        if extra := len(data) % self._width:
-            data, self._carry = data[:-extra], data[-extra:]
-        return data
-
-
-async def _send(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> bool:
+async def _send(ws: aiohttp.ClientWebSocketResponse, message: str) -> bool:
     """Send one message; False when the socket is closing (the reading side reports why)."""
     try:
-        await ws.send_str(orjson.dumps(message).decode())
+        await ws.send_str(message)
     except (aiohttp.ClientError, ConnectionError):
         return False
     return True
@@ -405,23 +327,6 @@ async def _send(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) ->
 
 async def _anext(source: AsyncIterator[str]) -> str:
     return await anext(source)
-
-
-def _parse(text: str) -> dict[str, Any]:
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise ProviderError("elevenlabs: a socket message is not JSON", retryable=True) from None
-    if not isinstance(data, dict):
-        raise ProviderError("elevenlabs: a socket message is not a JSON object", retryable=True)
-    return data
-
-
-def _decode(audio: Any) -> bytes:
-    try:
-        return base64.b64decode(audio, validate=True)
-    except (TypeError, ValueError):
-        raise ProviderError("elevenlabs: audio that is not base64", retryable=True) from None
 
 
 def _detail(body: Any) -> str:

@@ -6,32 +6,31 @@ it synthesizes, and every piece is handed on at once as ``SpeechAudio`` of that 
 ``PCM16_24K`` (the call converts to its wire format). ``instructions`` go only to models that
 take them (not ``tts-1``/``tts-1-hd``).
 
-Failures are ``ProviderError``: HTTP 408/409/429 (``Retry-After`` in the message), 5xx,
-connection errors, a body cut short and a server that stops answering (no bytes for
-``timeout_s``) are ``retryable=True``; 400/401/403/404/422 and other 4xx are not. The SDK does
+Failures are ``ProviderError``: HTTP 408/409/429 (``Retry-After`` in the message and in
+``retry_after``), 5xx, connection errors, a body cut short and a server that stops answering (no
+bytes for ``timeout_s``) are ``retryable=True``; 400/401/403/404/422 and other 4xx are not. The SDK does
 not retry (``max_retries=0``): the caller decides. Messages never contain the API key, and errors
 are raised ``from None`` so the SDK's exception is not chained into logged tracebacks.
 
-Clients: by default each reply has its own (closed when the reply ends: the ``Tts`` seam has no
-close hook); pass a shared ``httpx2.AsyncClient`` as ``http_client`` (its owner closes it) to
-keep connections warm across replies and calls.
+Clients: given the process's ``HttpClients``, every call shares one ``AsyncOpenAI`` (and its warm
+connections) per base URL, key and timeout, made by the LLM adapter's ``openai_client``; without,
+each reply makes its own and closes it when it ends.
 """
 
 from __future__ import annotations
 
-import functools
-import ssl
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx2
 import openai
 
 from ringline.config.providers import OpenAiTtsConfig
-from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.clock import Clock, LoopClock
 from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding
-from ringline.engine.errors import ProviderError
+from ringline.engine.clients import HttpClients, borrow
+from ringline.engine.errors import ProviderError, parse_retry_after
+from ringline.engine.llm.openai import openai_client
 from ringline.engine.tts.base import SpeechAudio
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -43,25 +42,19 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Plus every 5xx."""
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every client: building one loads the CA bundle (~50 ms)."""
-    return httpx2.create_ssl_context()
-
-
 class OpenAiTts:
     def __init__(
         self,
         config: OpenAiTtsConfig,
         clock: Clock,
         *,
-        http_client: httpx2.AsyncClient | None = None,
+        clients: HttpClients | None = None,
         timeout_s: float = 5.0,
     ) -> None:
         self._config = config
         self._clock = clock
         self._secret = config.api_key.get_secret_value()
-        self._http_client = http_client
+        self._clients = clients
         self._timeout_s = timeout_s
 
     def request(self, text: str) -> dict[str, Any]:
@@ -79,18 +72,8 @@ class OpenAiTts:
         return kwargs
 
     async def stream(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
-        async with AsyncExitStack() as stack:
-            http = self._http_client
-            if http is None:
-                http = openai.DefaultAsyncHttpxClient(verify=_tls_context(), timeout=self._timeout_s)
-                stack.push_async_callback(http.aclose)
-            client = openai.AsyncOpenAI(
-                api_key=self._secret,
-                base_url=self._config.base_url or OPENAI_URL,
-                max_retries=0,
-                timeout=self._timeout_s,
-                http_client=http,
-            )
+        async with borrow(self._clients) as clients:
+            client = self.sdk_client(clients)
             index = 0
             async for text in phrases:
                 if text.strip():
@@ -106,12 +89,20 @@ class OpenAiTts:
                                 if data:
                                     yield SpeechAudio(index, AudioChunk(data, PCM16_24K))
                     except openai.APIStatusError as exc:
-                        raise ProviderError(self._redact(_describe(exc)), retryable=_retryable(exc)) from None
+                        retryable = _retryable(exc)
+                        retry_after = parse_retry_after(exc.response.headers.get("retry-after")) if retryable else None
+                        raise ProviderError(
+                            self._redact(_describe(exc)), retryable=retryable, retry_after=retry_after
+                        ) from None
                     except (openai.APITimeoutError, httpx2.TimeoutException):
                         raise ProviderError(self._timed_out(), retryable=True) from None
                     except (openai.APIConnectionError, httpx2.HTTPError) as exc:
                         raise ProviderError(self._redact(_connection_error(exc)), retryable=True) from None
                 index += 1
+
+    def sdk_client(self, clients: HttpClients) -> openai.AsyncOpenAI:
+        base_url = self._config.base_url or OPENAI_URL
+        return openai_client(clients, api_key=self._secret, base_url=base_url, timeout_s=self._timeout_s)
 
     def _timed_out(self) -> str:
         return f"openai tts: no answer within {self._timeout_s:g} s"
@@ -137,3 +128,8 @@ def _describe(exc: openai.APIStatusError) -> str:
 def _connection_error(exc: Exception) -> str:
     cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError) and exc.__cause__ else exc
     return f"openai tts: connection failed ({type(cause).__name__}: {cause})"
+
+
+async def warm_up(config: OpenAiTtsConfig, clients: HttpClients) -> None:
+    """Make the shared client (and the TLS context) at start-up. Sends nothing."""
+    OpenAiTts(config, LoopClock(), clients=clients).sdk_client(clients)

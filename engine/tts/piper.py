@@ -42,7 +42,7 @@ from ringline.engine.audio.clock import Clock, LoopClock
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.errors import ProviderError
 from ringline.engine.tts.base import SpeechAudio
-from ringline.engine.tts.espeak import WorkerJob, speak_phrases
+from ringline.engine.tts.embedded import WorkerJob, speak_phrases
 
 if TYPE_CHECKING:
     import onnxruntime

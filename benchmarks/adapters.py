@@ -1,0 +1,206 @@
+"""Cloud adapter overhead under load: reply latency through the real Deepgram, OpenAI and ElevenLabs
+adapters (their SDKs, on the server's shared HTTP clients) against the local vendor fakes at
+published latencies, for N concurrent calls.
+
+    python -m ringline.benchmarks.adapters [--calls 1,100] [--turns 3] [--preemptive off]
+
+The target (issue 3): at 100 concurrent calls the adapters add no more than 5 ms to the p95
+compared with 1 call.
+
+Three processes, so that only the server's own work is charged to it: the vendor fakes
+(``vendors/serve.py``: Deepgram live, OpenAI chat completions, ElevenLabs stream-input, all on
+127.0.0.1) pinned to ``--vendor-core``; ``ringline serve`` pinned to ``--server-core`` with
+``config/bench_latency.toml``'s agent whose STT, LLM and TTS are switched to the ``deepgram``,
+``openai`` and ``elevenlabs`` adapters pointed at the fakes; and the caller simulator pinned to
+``--caller-core``. The fakes get the latencies the fake providers have in
+``bench_latency.toml`` (STT final 150 ms after it is asked for, LLM first token 350 ms then 50
+tokens/s, TTS first audio 150 ms, replies of ``seconds_per_phrase`` of audio) and the same
+500 ms end-of-turn silence, so the one-call row is comparable with ``latency.py``'s.
+
+Prints one markdown row per N: caller-measured reply latency median and p95, the p95's change
+from N = 1, the server's per-stage medians (``latency.py``'s columns), answered/expected turns,
+the server's CPU % and the fakes' (if the fakes' core is saturated, the fakes are the bottleneck,
+not the adapters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ringline.benchmarks.concurrency import REPO, pin, started_server
+from ringline.benchmarks.latency import STAGES, markdown, measure_calls, toml_text
+
+READY_TIMEOUT_S = 30.0
+SETTINGS = REPO / "config" / "bench_latency.toml"
+
+
+def vendor_settings(data: dict[str, Any]) -> list[str]:
+    """``vendors/serve.py`` options giving the fakes the latencies of the config's fake providers."""
+    agent = data["agents"]["default"]
+    stt, llm, tts = agent["stt"], agent["llm"], agent["tts"]
+    text = llm.get("fallback", "Sure, here is the answer to that.")
+    seconds_per_char = tts.get("seconds_per_phrase", 1.0) / max(1, len(text.strip()))
+    options = {
+        "--stt-transcript": stt.get("fallback", "Tell me more."),
+        "--stt-final-ms": stt.get("final_latency_ms", 0),
+        "--llm-text": text,
+        "--llm-ttft-ms": llm.get("ttft_ms", 0),
+        "--llm-tokens-per-s": llm.get("tokens_per_s", 0),
+        "--tts-ttfa-ms": tts.get("ttfb_ms", 0),
+        "--tts-rtf": tts.get("realtime_factor", 0),
+        "--tts-seconds-per-char": seconds_per_char,
+    }
+    return [str(item) for pair in options.items() for item in pair]
+
+
+def adapter_config(data: dict[str, Any], vendors: dict[str, dict[str, str]], preemptive: bool) -> dict[str, Any]:
+    """The settings with the default agent's providers switched to the cloud adapters."""
+    agent = data["agents"]["default"]
+    agent["stt"] = {
+        "provider": "deepgram",
+        "api_key": vendors["deepgram"]["api_key"],
+        "base_url": vendors["deepgram"]["url"],
+    }
+    agent["llm"] = {"provider": "openai", "api_key": vendors["openai"]["api_key"], "base_url": vendors["openai"]["url"]}
+    agent["tts"] = {
+        "provider": "elevenlabs",
+        "api_key": vendors["elevenlabs"]["api_key"],
+        "base_url": vendors["elevenlabs"]["url"],
+        "transport": "websocket",
+    }
+    agent.setdefault("turn", {})["preemptive_generation"] = preemptive
+    return data
+
+
+@contextlib.contextmanager
+def started_vendors(options: list[str], core: int | None) -> Iterator[tuple[dict[str, Any], int]]:
+    """Start the vendor fakes in their own process; yield (their addresses and keys, pid)."""
+    cmd = pin(core) + [sys.executable, "-m", "ringline.benchmarks.vendors.serve", *options]
+    log_file = tempfile.NamedTemporaryFile(prefix="ringline-vendors-", suffix=".log", delete=False)  # noqa: SIM115
+    print(f"starting: {' '.join(cmd)} (log {log_file.name})", file=sys.stderr)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    ok = False
+    try:
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
+        line = proc.stdout.readline() if readable else ""
+        if not line:
+            raise SystemExit(f"the vendor fakes did not start within {READY_TIMEOUT_S:.0f} s (log {log_file.name})")
+        yield json.loads(line), proc.pid
+        ok = True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+        if ok:
+            os.unlink(log_file.name)
+        else:
+            print(f"vendor log kept: {log_file.name}", file=sys.stderr)
+
+
+class CpuMeter:
+    """A process's CPU % (one core = 100) between ``start`` and ``stop``."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self._at = self._cpu = 0.0
+
+    def _now(self) -> tuple[float, float]:
+        times = self._process.cpu_times()
+        return time.monotonic(), times.user + times.system
+
+    def start(self) -> None:
+        self._at, self._cpu = self._now()
+
+    def stop(self) -> float:
+        at, cpu = self._now()
+        return 100.0 * (cpu - self._cpu) / max(at - self._at, 1e-9)
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+    """The rows, and whether every run answered every turn without errors."""
+    data = tomllib.loads(args.config.read_text())
+    rows: list[dict[str, Any]] = []
+    complete = True
+    with (
+        started_vendors(vendor_settings(data), args.vendor_core) as (vendors, vendor_pid),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        config = Path(tmp) / "bench_adapters.toml"
+        config.write_text(toml_text(adapter_config(data, vendors, args.preemptive == "on")))
+        args.config = config
+        vendor_cpu = CpuMeter(vendor_pid)
+        with started_server(args) as (url, pid):
+            for n in args.counts:
+                print(f"--- {n} calls", file=sys.stderr)
+                vendor_cpu.start()
+                measured, report = measure_calls(url, pid, n, args)
+                row = {
+                    "calls": n,
+                    "answered": measured["answered"],
+                    "median": measured["median"],
+                    "p95": measured["p95"],
+                    "p95 delta vs 1": None,
+                    **{stage: measured[stage] for stage in STAGES},
+                    "server CPU %": measured["server CPU %"],
+                    "vendors CPU %": vendor_cpu.stop(),
+                    "caller CPU %": report.get("caller_cpu_pct"),
+                    "caller late frames": report.get("late_frames"),
+                }
+                if "error" in report:
+                    print(f"error at N = {n}: {report['error']}", file=sys.stderr)
+                complete &= "error" not in report and not report.get("failed_calls")
+                complete &= report.get("turns_answered") == report.get("turns_expected")
+                print(json.dumps(row), file=sys.stderr)
+                rows.append(row)
+                time.sleep(1.0)  # let the server settle between runs
+    one = next((r["p95"] for r in rows if r["calls"] == 1 and r["p95"] is not None), None)
+    for row in rows:
+        if one is not None and row["p95"] is not None:
+            row["p95 delta vs 1"] = row["p95"] - one
+    return rows, complete
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ringline.benchmarks.adapters", description=__doc__.split("\n")[0])
+    p.add_argument("--calls", default="1,100", help="comma-separated N (default 1,100); include 1 for the delta")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--preemptive", choices=("on", "off"), default="off", help="preemptive generation (default off)")
+    p.add_argument("--config", type=Path, default=SETTINGS, help="latencies and turn settings (default bench_latency)")
+    p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--caller-core", type=int, default=1)
+    p.add_argument("--vendor-core", type=int, default=1, help="core of the vendor fakes (default: the caller's)")
+    args = p.parse_args(argv)
+    args.counts = [int(n) for n in args.calls.split(",") if n.strip()]
+    if not args.counts or min(args.counts) < 1 or max(args.counts) > 1000:
+        p.error("--calls: want 1..1000 each")
+    args.url = args.server_pid = None
+    args.fake = False
+    args.param = []
+    args.barge_in_ms = None
+    rows, complete = run(args)
+    print(markdown(rows))
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Serve the Deepgram, OpenAI chat and ElevenLabs fakes together, standalone, for benchmarks that
+point a Ringline server at them from another process (so the fakes' CPU is not the server's)::
+
+    python -m ringline.benchmarks.vendors.serve --stt-final-ms 150 --llm-ttft-ms 350 --tts-ttfa-ms 150
+
+Prints one JSON line on stdout once all three listen on 127.0.0.1 (``{"deepgram": {"url",
+"api_key"}, "openai": {...}, "elevenlabs": {...}}``), then serves until SIGTERM or SIGINT.
+Every request is answered the same way. Deepgram transcribes each utterance as
+``--stt-transcript``, ``--stt-final-ms`` after it is asked for (or after its own endpointing).
+OpenAI streams ``--llm-text``, its first token ``--llm-ttft-ms`` after the request (the role
+chunk just before it), ``--llm-tokens-per-s`` after. ElevenLabs voices each generation
+``--tts-ttfa-ms`` to first audio, ``--tts-rtf`` times real time after, ``--tts-seconds-per-char``
+of audio per character.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+
+from ringline.benchmarks.vendors.deepgram import FakeDeepgram
+from ringline.benchmarks.vendors.elevenlabs import FakeElevenLabs, Latency
+from ringline.benchmarks.vendors.openai import FakeOpenAi, Script
+
+DEEPGRAM_KEY = "dg-bench-key"
+OPENAI_KEY = "sk-bench-key"
+ELEVENLABS_KEY = "xi-bench-key"
+
+
+async def serve(args: argparse.Namespace) -> None:
+    deepgram = FakeDeepgram(
+        api_key=DEEPGRAM_KEY, fallback=args.stt_transcript, final_latency_ms=args.stt_final_ms, idle_timeout_s=60.0
+    )
+    # The fake's ttft_s is to its first chunk, the role chunk; the first token follows one step later.
+    step = 1 / args.llm_tokens_per_s if args.llm_tokens_per_s else 0.0
+    ttft = max(0.0, args.llm_ttft_ms / 1000 - step)
+    reply = Script(text=args.llm_text, ttft_s=ttft, tokens_per_s=args.llm_tokens_per_s)
+    openai = FakeOpenAi(OPENAI_KEY, default=reply)
+    latency = Latency(
+        ttfa_s=args.tts_ttfa_ms / 1000, realtime_factor=args.tts_rtf, seconds_per_char=args.tts_seconds_per_char
+    )
+    elevenlabs = FakeElevenLabs(ELEVENLABS_KEY, latency=latency)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with deepgram, openai, elevenlabs:
+        ready = {
+            "deepgram": {"url": deepgram.url, "api_key": DEEPGRAM_KEY},
+            "openai": {"url": openai.url, "api_key": OPENAI_KEY},
+            "elevenlabs": {"url": elevenlabs.url, "api_key": ELEVENLABS_KEY},
+        }
+        print(json.dumps(ready), flush=True)
+        await stop.wait()
+        print(
+            f"served {len(deepgram.connections)} Deepgram sockets, {len(openai.requests)} chat completions, "
+            f"{len(elevenlabs.requests)} ElevenLabs requests",
+            file=sys.stderr,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m ringline.benchmarks.vendors.serve", description=__doc__.split("\n")[0])
+    p.add_argument("--stt-transcript", default="Tell me more.")
+    p.add_argument("--stt-final-ms", type=float, default=150.0)
+    p.add_argument("--llm-text", default="Sure, here is the answer to that.")
+    p.add_argument("--llm-ttft-ms", type=float, default=350.0)
+    p.add_argument("--llm-tokens-per-s", type=float, default=50.0)
+    p.add_argument("--tts-ttfa-ms", type=float, default=150.0)
+    p.add_argument("--tts-rtf", type=float, default=0.2)
+    p.add_argument("--tts-seconds-per-char", type=float, default=0.03)
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(serve(args))
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
