@@ -1,7 +1,9 @@
 """Real-speech clips the caller simulator speaks, and their loader.
 
 The clips live in ``audio/`` as 8 kHz mono G.711 mu-law WAV files (format tag 7), made with
-eSpeak NG and SoX by ``audio/make_clips.sh``, which reads its table from this module
+eSpeak NG (the benchmark clips) or Piper's joe voice pitched up (the demo caller, whose words the
+embedded recognizers get right far more often than eSpeak's) and SoX by ``audio/make_clips.sh``,
+which reads its table from this module
 (``python3 clips.py table``) so the texts have one home. Each clip is trimmed so speech starts
 at its first sample and ends at its last, and holds no pause longer than ``MAX_GAP_MS``
 (``python3 clips.py check`` verifies that with webrtcvad).
@@ -22,7 +24,8 @@ from pathlib import Path
 AUDIO_DIR = Path(__file__).resolve().parent / "audio"
 RATE = 8000
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-MAX_GAP_MS = 150  # longest non-speech run (webrtcvad mode 3) allowed inside a clip
+MAX_GAP_MS = 150  # longest non-speech run (webrtcvad mode 3) allowed inside a benchmark clip
+DEMO_MAX_GAP_MS = 200  # inside a demo clip: commas pause, but never as long as a turn's end (300 ms)
 WAVE_FORMAT_MULAW = 7
 
 
@@ -31,6 +34,7 @@ class ClipSpec:
     text: str
     speed: int = 175  # eSpeak NG words per minute
     short: bool = False  # a back-channel sound for false-interruption tests, not a turn
+    voice: str = "espeak"  # "espeak" (benchmark clips) or "piper" (the demo caller)
 
 
 CLIPS: dict[str, ClipSpec] = {
@@ -42,9 +46,15 @@ CLIPS: dict[str, ClipSpec] = {
     "delivery.wav": ClipSpec("Do you deliver to the city center?"),
     "thanks.wav": ClipSpec("Thank you so much for your help."),
     "mmhm.wav": ClipSpec("Mm-hm.", speed=300, short=True),
+    "demo_book.wav": ClipSpec("I'd like to book a table for two, please.", voice="piper"),
+    "demo_time.wav": ClipSpec("Seven o'clock tonight, please.", voice="piper"),
+    "demo_hours.wav": ClipSpec("What time do you open tomorrow?", voice="piper"),
+    "demo_thanks.wav": ClipSpec("Thank you so much for your help.", voice="piper"),
 }
 CLIP_TEXTS: dict[str, str] = {name: spec.text for name, spec in CLIPS.items()}
-SPEECH_CLIPS: tuple[str, ...] = tuple(name for name, spec in CLIPS.items() if not spec.short)
+SPEECH_CLIPS: tuple[str, ...] = tuple(name for name, spec in CLIPS.items() if not spec.short and spec.voice == "espeak")
+"""The benchmark turns (one synthetic voice, so runs compare)."""
+DEMO_CLIPS: tuple[str, ...] = tuple(name for name, spec in CLIPS.items() if spec.voice == "piper")
 SHORT_CLIP = "mmhm.wav"
 
 
@@ -114,13 +124,23 @@ def speech_gaps_ms(ulaw: bytes, mode: int = 3) -> list[float]:
     return gaps
 
 
+def clip_ok(name: str) -> tuple[bool, list[bool], float]:
+    """Whether a clip keeps its rules: a benchmark clip is voiced from its first frame to its last
+    with no gap over ``MAX_GAP_MS`` (so speech timings are exact); a demo clip may open on an
+    unvoiced consonant ("th", "s") and pause up to ``DEMO_MAX_GAP_MS``."""
+    audio = load_clip(name)
+    flags = vad_flags(audio)
+    longest = max(speech_gaps_ms(audio), default=0.0)
+    if CLIPS[name].voice == "piper":
+        return longest <= DEMO_MAX_GAP_MS and flags[-1], flags, longest
+    return longest <= MAX_GAP_MS and flags[0] and flags[-1], flags, longest
+
+
 def _check() -> int:
     bad = 0
     for name, spec in CLIPS.items():
         audio = load_clip(name)
-        flags = vad_flags(audio)
-        longest = max(speech_gaps_ms(audio), default=0.0)
-        ok = longest <= MAX_GAP_MS and flags[0] and flags[-1]
+        ok, flags, longest = clip_ok(name)
         bad += not ok
         print(
             f"{'ok ' if ok else 'BAD'} {name:20} {len(audio) / RATE:5.2f} s  longest gap {longest:4.0f} ms"
@@ -129,11 +149,26 @@ def _check() -> int:
     return 1 if bad else 0
 
 
+def _piper(text: str, out: str) -> None:
+    """Speak ``text`` with the bundled Piper voice into the WAV file ``out`` (needs the venv)."""
+    import wave
+
+    from piper import PiperVoice
+
+    from ringline.engine.tts.piper import voice_files
+
+    model, config = voice_files("en_US-joe-medium")
+    with wave.open(out, "wb") as file:
+        PiperVoice.load(str(model), config_path=str(config)).synthesize_wav(text, file)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["table"]:
         for name, spec in CLIPS.items():
-            print(f"{name}|{spec.speed}|{spec.text}")
+            print(f"{name}|{spec.speed}|{spec.voice}|{spec.text}")
     elif sys.argv[1:] == ["check"]:
         sys.exit(_check())
+    elif len(sys.argv) == 4 and sys.argv[1] == "piper":
+        _piper(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: clips.py table|check")
+        sys.exit("usage: clips.py table|check|piper TEXT OUT.wav")

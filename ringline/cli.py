@@ -17,12 +17,18 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from ringline.api.app import make_app
-    from ringline.config.settings import load_settings
+    from ringline.config.settings import BUNDLED, load_settings
+    from ringline.demo import DemoTools
 
-    settings = load_settings(args.config)
+    if args.config is None:  # a newcomer's first run: the demo's offline agent, tools included
+        print(f"ringline: no --config, serving the bundled demo agent ({BUNDLED / 'demo.toml'})", flush=True)
+        settings = load_settings(BUNDLED / "demo.toml")
+        app = make_app(settings, tools=DemoTools(), progress=lambda line: print(f"  {line}", flush=True))
+    else:
+        settings = load_settings(args.config)
+        app = make_app(settings)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
-    app = make_app(settings)
     app.on_startup.append(_freeze_startup_objects)
 
     def banner(message: str) -> None:  # aiohttp's "Running on URL" once the socket listens
@@ -62,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--config", type=Path, help="TOML settings file (default: built-in defaults)")
+    serve.add_argument(
+        "--config", type=Path, help="TOML settings file (default: the bundled demo agent on embedded models)"
+    )
     serve.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080; 0 picks one)")
     serve.set_defaults(func=_serve)

@@ -13,10 +13,13 @@ import pytest
 from ringline.benchmarks import clips
 from ringline.benchmarks.clips import (
     CLIPS,
+    DEMO_CLIPS,
+    DEMO_MAX_GAP_MS,
     MAX_GAP_MS,
     SHORT_CLIP,
     SPEECH_CLIPS,
     ClipError,
+    clip_ok,
     load_clip,
     parse_ulaw_wav,
     speech_gaps_ms,
@@ -44,8 +47,8 @@ def test_the_clip_set() -> None:
     assert all(CLIPS[name].text for name in CLIPS)
 
 
-@pytest.mark.parametrize("name", sorted(CLIPS))
-def test_clip_is_continuous_speech_from_first_to_last_frame(name: str) -> None:
+@pytest.mark.parametrize("name", SPEECH_CLIPS + (SHORT_CLIP,))
+def test_benchmark_clip_is_continuous_speech_from_first_to_last_frame(name: str) -> None:
     audio = load_clip(name)
     seconds = len(audio) / 8000
     if name == SHORT_CLIP:
@@ -55,6 +58,20 @@ def test_clip_is_continuous_speech_from_first_to_last_frame(name: str) -> None:
     flags = vad_flags(audio)
     assert flags[0] and flags[-1], "speech must start at sample 0 and run to the end"
     assert max(speech_gaps_ms(audio), default=0.0) <= MAX_GAP_MS
+    assert clip_ok(name)[0]
+
+
+@pytest.mark.parametrize("name", DEMO_CLIPS)
+def test_demo_clip_never_pauses_as_long_as_a_turn_end(name: str) -> None:
+    audio = load_clip(name)
+    assert 1.0 <= len(audio) / 8000 <= 2.5
+    assert vad_flags(audio)[-1], "speech must run to the end"
+    assert max(speech_gaps_ms(audio), default=0.0) <= DEMO_MAX_GAP_MS
+    assert clip_ok(name)[0]
+
+
+def test_every_clip_is_a_benchmark_turn_the_back_channel_sound_or_a_demo_line() -> None:
+    assert sorted(CLIPS) == sorted((*SPEECH_CLIPS, SHORT_CLIP, *DEMO_CLIPS))
 
 
 def test_parse_ulaw_wav_reads_odd_sized_data_and_skips_other_chunks() -> None:
@@ -95,7 +112,7 @@ def test_clips_module_runs_as_a_plain_script_for_make_clips_sh() -> None:
     out = subprocess.run(
         [sys.executable, clips.__file__, "table"], capture_output=True, text=True, check=True, timeout=10
     ).stdout
-    rows = [line.split("|", 2) for line in out.splitlines()]
-    assert [(name, int(speed), text) for name, speed, text in rows] == [
-        (name, spec.speed, spec.text) for name, spec in CLIPS.items()
+    rows = [line.split("|", 3) for line in out.splitlines()]
+    assert [(name, int(speed), voice, text) for name, speed, voice, text in rows] == [
+        (name, spec.speed, spec.voice, spec.text) for name, spec in CLIPS.items()
     ]

@@ -1,6 +1,7 @@
 """The ``ringline`` command as an operator runs it: a real process, real signals."""
 
 import asyncio
+import re
 import signal
 import socket
 import sys
@@ -64,13 +65,36 @@ async def test_sigterm_ends_live_calls_cleanly_and_exits_0():
             await proc.wait()
 
 
-async def test_demo_holds_a_conversation_and_writes_a_stereo_wav(tmp_path, capsys):
+async def test_demo_holds_a_conversation_with_a_tool_call_and_a_barge_in_on_embedded_models(tmp_path, capsys):
+    """The whole offline stack (Moonshine, the scripted agent, Piper) through the Twilio socket:
+    the caller books a table (two turns, then the tool), asks the hours, talks over the answer
+    and says thanks; the agent says goodbye and hangs up."""
     out = tmp_path / "demo.wav"
     assert await run_demo(config=None, out=out) == 0
     printed = capsys.readouterr().out
-    assert "caller  Hi, I'd like to book a table for two." in printed
-    assert "agent   We open at noon tomorrow" in printed
+    assert re.search(r"moonshine ready in [\d.]+ s", printed) and re.search(r"piper ready in [\d.]+ s", printed)
+    transcript: list[str] = []
+    for line in printed.split("Transcript\n", 1)[1].split("\n\n", 1)[0].splitlines():
+        if transcript and line.startswith("  caller  ") and transcript[-1].startswith("  caller  "):
+            transcript[-1] += " " + line.removeprefix("  caller  ")  # a pause split the turn, as on a busy machine
+        else:
+            transcript.append(line)
+    expected = [
+        r"  agent   Thanks for calling Ringline Bistro, how can I help\?",
+        r"  caller  I'd like to book a table for two\b.*",
+        r"  agent   Lovely\. And for what time\?",
+        r"  caller  Seven o'clock tonight\b.*",
+        r"  agent   You're booked for two at seven o'clock\. Your confirmation number is R 1001\. Anything else\?",
+        r"  caller  What time do you open tomorrow\?",
+        r"  agent   We're open from noon .*  \[interrupted\]",
+        r"  caller  Thank you so much for your help\.",
+        r"  agent   You're welcome\. Thanks for calling Ringline Bistro\. Goodbye!",
+        r'  tool    book_table \{"party_size": "two", "time": "seven o\'clock"\} -> R 1001',
+    ]
+    assert len(transcript) == len(expected), transcript
+    for line, pattern in zip(transcript, expected, strict=True):
+        assert re.fullmatch(pattern, line, re.IGNORECASE), (line, pattern)
     assert "Call ended: agent_hangup" in printed
     with wave.open(str(out)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 8000)
-        assert w.getnframes() > 8000 * 10  # a call of several turns
+        assert w.getnframes() > 8000 * 15  # a call of several turns

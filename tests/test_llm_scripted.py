@@ -206,6 +206,28 @@ async def test_the_dialog_state_is_read_from_the_context_not_kept() -> None:
     )
 
 
+async def test_caller_messages_the_agent_did_not_answer_read_as_one_turn() -> None:
+    """A turn cut in two by a pause (the first part's reply abandoned unheard) is read whole: the
+    tail alone ("please") would get the fallback."""
+    context = Context("system")
+    context.add(Message("user", "I'd like to book a table for two."))
+    context.add(Message("user", "Please."))
+    events = await events_for(context)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == ASK_TIME
+
+
+async def test_a_turn_split_after_its_tool_call_does_not_call_the_tool_twice() -> None:
+    dialog = Dialog()
+    assert await dialog.turn("I'd like to book a table for two.") == ASK_TIME
+    said = await dialog.turn("At 7:30 tonight.")
+    assert said.startswith("You're booked for two at 7:30.")
+    # The caller went on ("please") before hearing anything: the reply was dropped, the call kept.
+    del dialog.context.messages[-1]
+    said = await dialog.turn("Please.")
+    assert said.startswith("You're booked for two at 7:30.")
+    assert [c.name for c in dialog.calls] == ["book_table"]
+
+
 # -- tools ---------------------------------------------------------------------------------------
 
 

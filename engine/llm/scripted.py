@@ -205,16 +205,17 @@ class ScriptedLlm:
         """The reply to the context as it stands (the same context gets the same reply, but for
         fresh tool call ids)."""
         messages = context.messages
-        users = [i for i, m in enumerate(messages) if m.role == "user"]
-        if not users:
+        turns = caller_turns(messages)
+        if not turns:
             return _speak(self._config.fallback)
         state: _Filling | None = None
-        for i in users[:-1]:
-            state, _ = self.step(state, messages[i].content)
-        _, action = self.step(state, messages[users[-1]].content)
+        for text, _ in turns[:-1]:
+            state, _ = self.step(state, text)
+        text, start = turns[-1]
+        _, action = self.step(state, text)
         if isinstance(action, str):
             return _speak(action)
-        return self._finish(action, messages[users[-1] + 1 :], tools)
+        return self._finish(action, messages[start:], tools)
 
     def match(self, text: str) -> Intent | None:
         """The intent whose example ``text`` matches best, if it scores at least ``min_score``."""
@@ -269,13 +270,13 @@ class ScriptedLlm:
                 rest = f"{rest[: found.start()]} {rest[found.end() :]}"
         return values
 
-    def _finish(self, done: _Done, since_user: Sequence[Message], tools: Collection[str]) -> list[LlmEvent]:
+    def _finish(self, done: _Done, turn: Sequence[Message], tools: Collection[str]) -> list[LlmEvent]:
         intent, values = done.intent, dict(done.values)
         if intent.tool is not None:
             if intent.tool not in tools:
                 log.warning("intent %s: tool %r is not available, answering without it", intent.name, intent.tool)
             else:
-                result = _tool_result(since_user, intent.tool)
+                result = _tool_result(turn, intent.tool, values)
                 if result is None:
                     return [ToolCall(Context.new_call_id(), intent.tool, values)]
                 if result.startswith("error:"):
@@ -295,6 +296,24 @@ class ScriptedLlm:
         return events
 
 
+def caller_turns(messages: Sequence[Message]) -> list[tuple[str, int]]:
+    """What the caller said, turn by turn, with the index of each turn's first message: user
+    messages the agent said nothing to in between (a turn cut by a pause, its reply abandoned
+    unheard) read as one turn, as a model reads them."""
+    turns: list[tuple[str, int]] = []
+    joined = False
+    for i, message in enumerate(messages):
+        if message.role == "user":
+            if joined:
+                turns[-1] = (f"{turns[-1][0]} {message.content}", turns[-1][1])
+            else:
+                turns.append((message.content, i))
+            joined = True
+        elif message.role == "assistant" and message.content:
+            joined = False
+    return turns
+
+
 def fill_answer(answer: str, values: Mapping[str, str]) -> str:
     """``answer`` with ``{name}`` replaced by its value; sentences naming a missing value are
     left out."""
@@ -306,13 +325,14 @@ def fill_answer(answer: str, values: Mapping[str, str]) -> str:
     return " ".join(s for s in sentences if s)
 
 
-def _tool_result(since_user: Sequence[Message], tool: str) -> str | None:
-    """The result of this turn's call to ``tool``: None if not called yet, "" if called but no
-    result is in."""
-    ids = {call.id for m in since_user for call in m.tool_calls if call.name == tool}
+def _tool_result(turn: Sequence[Message], tool: str, arguments: Mapping[str, str]) -> str | None:
+    """The result of this turn's call to ``tool`` with these ``arguments``: None if not called
+    yet, "" if called but no result is in. (A turn split by a pause may already have made the
+    call: it is not made twice.)"""
+    ids = {call.id for m in turn for call in m.tool_calls if call.name == tool and call.arguments == arguments}
     if not ids:
         return None
-    return next((m.content for m in since_user if m.role == "tool" and m.tool_call_id in ids), "")
+    return next((m.content for m in turn if m.role == "tool" and m.tool_call_id in ids), "")
 
 
 def _speak(text: str) -> list[LlmEvent]:
