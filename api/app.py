@@ -1,14 +1,22 @@
-"""The aiohttp application: health and media sockets (the control API comes on top)."""
+"""The aiohttp application: media sockets, health, and the control API under ``/api/v1`` over the store."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from ringline.api import v1
+from ringline.api.http import ApiOptions, EventTokenSigner, setup_api
+from ringline.api.ledger import CallLedger
+from ringline.api.routing import agent_for_call
+from ringline.api.state import JOURNAL, KEYS, LEDGER, STORE, StoreKeys
+from ringline.api.store import CallJournal, Direction, open_store
 from ringline.config.settings import AgentConfig, Settings
+from ringline.config.templates import for_call
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
 from ringline.engine.clients import HttpClients
@@ -67,11 +75,22 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     created: list[Call] = []
 
     async def make_call(started: CallStarted, transport: TwilioTransport) -> Call:
-        agent_name = started.parameters.get("agent") or settings.default_agent
-        agent = settings.agent(agent_name)
+        params = started.parameters
+        agent_id, agent = await agent_for_call(settings, request.app[STORE], params)
+        variables = {k.removeprefix("var_"): v for k, v in params.items() if k.startswith("var_")}
+        agent = for_call(agent, variables)
         providers = build_providers(agent, clock, request.app[CLIENTS])
-        tools = request.app[TOOLS](agent_name, agent)
-        call = Call(started.call_id, agent_name, agent, transport, providers, clock, registry=tools)
+        tools = request.app[TOOLS](agent_id, agent)
+        call = Call(started.call_id, agent_id, agent, transport, providers, clock, registry=tools)
+        direction = Direction.OUTBOUND if params.get("direction") == "outbound" else Direction.INBOUND
+        await request.app[LEDGER].opened(
+            call,
+            agent_id=agent_id,
+            direction=direction,
+            from_number=params.get("from", ""),
+            to_number=params.get("to", ""),
+            variables=variables,
+        )
         calls.add(call)
         created.append(call)
         return call
@@ -99,6 +118,16 @@ def make_app(
     app[CALLS] = CallRegistry()
     app[TOOLS] = tools or _builtin_tools
     app.add_routes(routes)
+    api = settings.api
+    secret = api.event_token_secret.get_secret_value() if api.event_token_secret else secrets.token_urlsafe(32)
+    options = ApiOptions(
+        requests_per_key=api.requests_per_key,
+        requests_per_address=api.requests_per_address,
+        commands_per_call=api.commands_per_call,
+        docs=api.docs,
+    )
+    app[KEYS] = keys = StoreKeys(lambda: app[STORE])
+    setup_api(app, v1.ROUTES, keys, options=options, tokens=EventTokenSigner(secret.encode()))
 
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].end_all(EndReason.SERVER_SHUTDOWN, settings.server.shutdown_timeout_s)
@@ -109,6 +138,7 @@ def make_app(
     app.on_startup.append(load_models)
     app.on_shutdown.append(end_calls)
     app.cleanup_ctx.append(_http_clients)  # first in, last out: after every call has ended
+    app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_idle_watchdog)
     return app
 
@@ -121,6 +151,24 @@ async def _http_clients(app: web.Application) -> AsyncIterator[None]:
     async with HttpClients() as clients:
         app[CLIENTS] = clients
         yield
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    """Open the database (migrating it), end the calls a previous run left live, and write call
+    journals until every call has ended."""
+    api = app[SETTINGS].api
+    api.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(api.database)
+    try:
+        if ended := await store.mark_live_calls_ended("engine_restart"):
+            log.warning("%d calls were live when the engine last stopped: marked ended (engine_restart)", ended)
+        async with CallJournal(store) as journal:
+            app[STORE], app[JOURNAL] = store, journal
+            app[LEDGER] = ledger = CallLedger(store, journal, api.data_dir / "recordings")
+            yield
+            await ledger.aclose()
+    finally:
+        await store.close()
 
 
 async def _idle_watchdog(app: web.Application) -> AsyncIterator[None]:

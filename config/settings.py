@@ -6,12 +6,13 @@ with its path (``agents.default.turn.silence_ms: Input should be greater than or
 
 from __future__ import annotations
 
+import os
 import tomllib
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from ringline.config.providers import (
     PROVIDER_TAGS,
@@ -181,8 +182,34 @@ class ServerConfig(_Model):
     """On SIGTERM/SIGINT, how long live calls get to end cleanly."""
 
 
+class ApiConfig(_Model):
+    """The control API under ``/api/v1`` and where it keeps its data."""
+
+    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("RINGLINE_DATA_DIR", "data")))
+    """Where the default SQLite database (``ringline.db``) and call recordings live; created at start.
+    Default: ``$RINGLINE_DATA_DIR``, else ``data`` in the working directory."""
+    database_url: str | None = None
+    """``postgresql://user:pass@host/db`` for production, ``sqlite:///path``; default: SQLite in ``data_dir``."""
+    event_token_secret: SecretStr | None = None
+    """Signs the short-lived tokens browsers use for the live-events socket. Default: random per
+    process (tokens then do not survive a restart or work across processes behind one address)."""
+    requests_per_key: int = Field(1000, ge=1)
+    """Requests each API key may make per minute."""
+    requests_per_address: int = Field(100, ge=1)
+    """Requests without a valid key, per client address per minute."""
+    commands_per_call: int = Field(10, ge=1)
+    """Control commands (say, inject-context, transfer, end-call) each call accepts per minute."""
+    docs: bool = True
+    """Serve ``/openapi.json`` and the Swagger UI at ``/docs``."""
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'ringline.db'}"
+
+
 class Settings(_Model):
     server: ServerConfig = ServerConfig()
+    api: ApiConfig = Field(default_factory=ApiConfig)
     default_agent: str = "default"
     agents: dict[str, AgentConfig] = Field(default_factory=lambda: {"default": AgentConfig()})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from aiohttp import web
 from ringline.api.app import CALLS, make_app
 from ringline.benchmarks.caller import CallerScript, Utterance, run_call, write_stereo_wav
 from ringline.benchmarks.clips import CLIP_TEXTS, load_clip
-from ringline.config.settings import BUNDLED, AgentConfig, load_settings
+from ringline.config.settings import BUNDLED, AgentConfig, Settings, load_settings
 from ringline.engine.llm.base import Tool
 from ringline.engine.tools import CallControl, ToolRegistry, default_registry
 
@@ -36,7 +37,14 @@ STAGES = ("stt_final", "turn_committed", "llm_first_token", "tts_first_audio", "
 
 
 async def run_demo(config: Path | None, out: Path) -> int:
-    settings = load_settings(config or BUNDLED / "demo.toml")
+    with tempfile.TemporaryDirectory(prefix="ringline-demo-") as data_dir:
+        settings = load_settings(config or BUNDLED / "demo.toml")
+        settings = settings.model_copy(update={"api": settings.api.model_copy(update={"data_dir": Path(data_dir)})})
+        return await _run_demo(settings, out)
+
+
+async def _run_demo(settings: Settings, out: Path) -> int:
+    """The demo, on a store of its own that goes when it ends."""
     agent = settings.agent(None)
     print(f"Ringline demo: agent {agent.name!r} ({_providers(agent)})")
     started = time.perf_counter()
