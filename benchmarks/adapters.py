@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
                 complete &= "error" not in report and not report.get("failed_calls")
                 complete &= report.get("turns_answered") == report.get("turns_expected")
                 print(json.dumps(row), file=sys.stderr)
+                print(f"stage p95 ms: {json.dumps(report.get('stage_p95_ms'))}", file=sys.stderr)
                 rows.append(row)
                 time.sleep(1.0)  # let the server settle between runs
     one = next((r["p95"] for r in rows if r["calls"] == 1 and r["p95"] is not None), None)

@@ -106,7 +106,8 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes] | None, timeout_s: flo
 
 @contextlib.contextmanager
 def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
-    """Yield (ws url, pid) of the server to measure, starting and stopping it if needed."""
+    """Yield (ws url, pid) of the server to measure, starting and stopping it if needed. A server
+    it starts keeps its store in a temporary directory, ``args.data_dir`` while it runs."""
     if args.url is not None:
         if args.server_pid is None:
             raise SystemExit("--url needs --server-pid (the process to sample)")
@@ -124,7 +125,10 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     cmd = pin(args.server_core) + cmd
     log_file = tempfile.NamedTemporaryFile(prefix="ringline-serve-", suffix=".log", delete=False)  # noqa: SIM115
     print(f"starting: {' '.join(cmd)} (log {log_file.name})", file=sys.stderr)
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    data_dir = tempfile.TemporaryDirectory(prefix="ringline-bench-data-")  # the server's store: thrown away after
+    args.data_dir = Path(data_dir.name)
+    env = os.environ | {"RINGLINE_DATA_DIR": data_dir.name}
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     ok = False
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -138,6 +142,7 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
             proc.kill()
             proc.wait()
         log_file.close()
+        data_dir.cleanup()
         if ok:
             os.unlink(log_file.name)
         else:

@@ -62,9 +62,14 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def _p95(values: list[float]) -> float | None:
+    return round(sorted(values)[int(0.95 * (len(values) - 1))], 1) if values else None
+
+
 def measure_calls(url: str, pid: int, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """One caller run of ``n`` calls against the server at ``url``: a row of the caller's latency
-    and the median of each stage from the server's call records, and the caller's whole report."""
+    and the median of each stage from the server's call records, and the caller's whole report
+    (with each stage's p95 as ``stage_p95_ms``)."""
     base = "http" + url[2:].removesuffix("/media/twilio")
     report = run_caller(url, pid, n, args, keep_calls=True)
     sids = [c["call_sid"] for c in report.get("calls_detail", [])]
@@ -80,6 +85,7 @@ def measure_calls(url: str, pid: int, n: int, args: argparse.Namespace) -> tuple
         "prepared discarded": sum(r["preemptive"]["discarded"] for r in records),
         "server CPU %": report.get("server_cpu_pct"),
     }
+    report["stage_p95_ms"] = {stage: _p95([t[stage] for t in turns if t.get(stage) is not None]) for stage in STAGES}
     return row, report
 
 

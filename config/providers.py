@@ -74,6 +74,10 @@ class DeepgramSttConfig(_Keyed):
     """Send KeepAlive when no audio went out for this long (Deepgram closes after 10 s)."""
     reconnect_within_s: float = Field(1.0, gt=0)
     """After the socket drops: reconnect within this and replay the audio sent in the gap."""
+    chunk_ms: int = Field(40, ge=10, le=250)
+    """Audio goes out in messages of about this much (a finalize sends what is held at once).
+    Larger messages cost the server less per call; mid-utterance audio reaches Deepgram up to
+    ``chunk_ms`` minus one frame later, end-of-speech audio never later (the finalize flushes it)."""
 
 
 class WhisperSttConfig(_Model):

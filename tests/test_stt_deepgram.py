@@ -486,7 +486,26 @@ async def test_send_never_suspends_the_frame_path(fakes, sessions) -> None:
     coro = session.send(frame)
     with pytest.raises(StopIteration):  # finished on its first step: queued, not written
         coro.send(None)
+    await session.finalize()  # sends what is held
     await fake.wait_until(lambda: fake.connections[0].audio_bytes == len(frame))
+
+
+async def test_audio_goes_out_in_chunks_and_a_finalize_flushes_what_is_held(fakes, sessions) -> None:
+    fake = await fakes()
+    session, _ = await sessions(config(fake, chunk_ms=60))
+    frame = silence(20)
+    for _ in range(9):  # three chunks of three frames
+        await session.send(frame)
+        for _ in range(10):  # let the sender run: it would send each frame alone if it did not hold them
+            await asyncio.sleep(0)
+    await fake.wait_until(lambda: fake.connections[0].audio_bytes == 9 * len(frame))
+    conn = fake.connections[0]
+    assert conn.audio_messages <= 4  # one per chunk (a backlog may join two)
+    await session.send(frame)  # a third of a chunk: held...
+    await session.finalize()  # ...until the finalize, which goes right after it
+    finalizes = lambda: [c.after_bytes for c in conn.control if c.type == "Finalize"]  # noqa: E731
+    await fake.wait_until(lambda: conn.audio_bytes == 10 * len(frame) and finalizes())
+    assert finalizes() == [10 * len(frame)]
 
 
 # -- a whole call -----------------------------------------------------------------------------

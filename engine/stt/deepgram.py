@@ -220,6 +220,9 @@ class DeepgramSttSession:
         self._origin = 0
         """Session byte offset where the current connection's audio (its time 0) starts."""
         self._outbox: deque[bytes | Send] = deque()
+        self._chunk = fmt.bytes_for(config.chunk_ms)
+        self._held = 0
+        """Audio bytes queued since the sender last woke: it is woken once a chunk has gathered."""
         self._wake = asyncio.Event()
         self._last_sent_at = clock.now()
         """Clock time audio (or a KeepAlive) last went out."""
@@ -292,7 +295,9 @@ class DeepgramSttSession:
             if self._replay.append(audio):
                 log.warning("deepgram: no final for %.0f s of audio; replay keeps only the latest", _REPLAY_LIMIT_S)
             self._outbox.append(audio)
-            self._wake.set()
+            self._held += len(audio)
+            if self._held >= self._chunk:
+                self._wake.set()
 
     async def finalize(self) -> None:
         if self.state is SessionState.OPEN or self.state is SessionState.RECONNECTING:
@@ -409,6 +414,7 @@ class DeepgramSttSession:
             while not outbox:
                 wake.clear()
                 await wake.wait()
+            self._held = 0
             item = next_message(outbox, self._max_message)
             if isinstance(item, bytes):
                 await socket.send_media(item)
