@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from ringline.api import v1
+from ringline.api import ops, v1
 from ringline.api.http import ApiOptions, EventTokenSigner, setup_api
 from ringline.api.ledger import CallLedger
 from ringline.api.routing import agent_for_call
-from ringline.api.state import JOURNAL, KEYS, LEDGER, STORE, StoreKeys
+from ringline.api.state import CALLS, JOURNAL, KEYS, LEDGER, STORE, TWILIO_REST, StoreKeys
 from ringline.api.store import CallJournal, Direction, open_store
 from ringline.config.settings import AgentConfig, Settings
 from ringline.config.templates import for_call
@@ -25,6 +25,7 @@ from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
 from ringline.engine.tools import ToolRegistry, default_registry
 from ringline.engine.transports.events import CallStarted
+from ringline.engine.transports.twilio.rest import TwilioRest
 from ringline.engine.transports.twilio.ws import TwilioTransport, serve_twilio
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ ToolsFactory = Callable[[str, AgentConfig], ToolRegistry]
 """The tools of a new call, given its agent's name and config (host applications add Python tools)."""
 
 SETTINGS = web.AppKey("settings", Settings)
-CALLS = web.AppKey("calls", CallRegistry)
 TOOLS = web.AppKey("tools", ToolsFactory)
 CLIENTS = web.AppKey("clients", HttpClients)
 """The cloud providers' HTTP clients, shared by every call; opened and closed by ``_http_clients``."""
@@ -41,14 +41,10 @@ CLIENTS = web.AppKey("clients", HttpClients)
 routes = web.RouteTableDef()
 
 
-@routes.get("/health")
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "calls": len(request.app[CALLS])})
-
-
-@routes.get("/calls/{call_id}")
-async def get_call(request: web.Request) -> web.Response:
-    """A live call's record so far, or a finished call's record."""
+async def call_record(request: web.Request) -> web.Response:
+    """A call's engine record (live so far, or finished): per-turn stage timings, preemptive
+    generation counts, playout underruns. Unauthenticated: served only with ``server.debug_records``
+    (benchmarks), never in production; the control API's ``/api/v1/calls`` is the real thing."""
     calls = request.app[CALLS]
     call_id = request.match_info["call_id"]
     if (live := calls.get(call_id)) is not None:
@@ -81,6 +77,8 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
         agent = for_call(agent, variables)
         providers = build_providers(agent, clock, request.app[CLIENTS])
         tools = request.app[TOOLS](agent_id, agent)
+        if (twilio := request.app.get(TWILIO_REST)) is not None:
+            transport.transferrer = twilio.transferrer(started.call_id)
         call = Call(started.call_id, agent_id, agent, transport, providers, clock, registry=tools)
         direction = Direction.OUTBOUND if params.get("direction") == "outbound" else Direction.INBOUND
         await request.app[LEDGER].opened(
@@ -92,6 +90,7 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
             variables=variables,
         )
         calls.add(call)
+        ops.watch_call(request.app, call)
         created.append(call)
         return call
 
@@ -118,6 +117,8 @@ def make_app(
     app[CALLS] = CallRegistry()
     app[TOOLS] = tools or _builtin_tools
     app.add_routes(routes)
+    if settings.server.debug_records:
+        app.router.add_get("/calls/{call_id}", call_record)
     api = settings.api
     secret = api.event_token_secret.get_secret_value() if api.event_token_secret else secrets.token_urlsafe(32)
     options = ApiOptions(
@@ -127,17 +128,20 @@ def make_app(
         docs=api.docs,
     )
     app[KEYS] = keys = StoreKeys(lambda: app[STORE])
-    setup_api(app, v1.ROUTES, keys, options=options, tokens=EventTokenSigner(secret.encode()))
+    api_app = setup_api(app, v1.ROUTES, keys, options=options, tokens=EventTokenSigner(secret.encode()))
+    ops.setup_ops(app, app[CALLS], api_app)  # /health, /ready, /metrics, root /openapi.json and /docs
 
     async def end_calls(app: web.Application) -> None:
         await app[CALLS].end_all(EndReason.SERVER_SHUTDOWN, settings.server.shutdown_timeout_s)
 
     async def load_models(app: web.Application) -> None:
         await warm_up(settings.agents.values(), progress=progress, clients=app[CLIENTS])
+        ops.models_ready(app)
 
     app.on_startup.append(load_models)
     app.on_shutdown.append(end_calls)
     app.cleanup_ctx.append(_http_clients)  # first in, last out: after every call has ended
+    app.cleanup_ctx.append(_twilio_rest)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_idle_watchdog)
     return app
@@ -145,6 +149,23 @@ def make_app(
 
 def _builtin_tools(agent_name: str, agent: AgentConfig) -> ToolRegistry:
     return default_registry()
+
+
+async def _twilio_rest(app: web.Application) -> AsyncIterator[None]:
+    """Twilio's REST client (``app[TWILIO_REST]``) when ``[telephony.twilio]`` is configured."""
+    if (config := app[SETTINGS].telephony.twilio) is None:
+        yield
+        return
+    twilio = TwilioRest(
+        config.account_sid,
+        config.auth_token.get_secret_value(),
+        base_url=config.api_base_url,
+        timeout_s=config.timeout_s,
+        tls=app[CLIENTS].tls_context(),
+    )
+    async with twilio:
+        app[TWILIO_REST] = twilio
+        yield
 
 
 async def _http_clients(app: web.Application) -> AsyncIterator[None]:

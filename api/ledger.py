@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,12 @@ class CallLedger:
         """Journal ``event``; schedule the row update it calls for. Never blocks."""
         call_id = call.call_id
         data = dict(event.data)
-        self._journal.event(call_id, event.type.value, data)
+        at = datetime.fromtimestamp(event.at, UTC)
+        self._journal.event(call_id, event.type.value, data, at=at)
         if event.type is EventType.MESSAGE:
             extra = {k: data[k] for k in ("tool_calls", "tool_call_id") if data.get(k)}
-            self._journal.message(
-                call_id, Role(data["role"]), data["content"], interrupted=data["interrupted"], extra=extra or None
-            )
+            role, content, interrupted = Role(data["role"]), data["content"], data["interrupted"]
+            self._journal.message(call_id, role, content, interrupted=interrupted, extra=extra or None, at=at)
         elif event.type is EventType.STATUS:
             status = LiveStatus(data["status"])
             if (stored := STATUS.get(status)) is not None:

@@ -12,14 +12,20 @@ from aiohttp import web
 from ringline.api.http import Principal
 from ringline.api.ledger import CallLedger
 from ringline.api.store import ApiKey, CallJournal, Store, StoreError
+from ringline.engine.registry import CallRegistry
+from ringline.engine.transports.twilio.rest import TwilioRest
 
 log = logging.getLogger(__name__)
 
+CALLS = web.AppKey("calls", CallRegistry)
+"""The calls live in this process."""
 STORE = web.AppKey("store", Store)
 JOURNAL = web.AppKey("journal", CallJournal)
 LEDGER = web.AppKey("ledger", CallLedger)
 KEYS = web.AppKey("keys", "StoreKeys")
 """The API's key lookup: the API-keys resource tells it about revocations."""
+TWILIO_REST = web.AppKey("twilio_rest", TwilioRest)
+"""Twilio's REST client (outbound calls, transfers); absent when ``[telephony.twilio]`` is not configured."""
 
 
 class StoreKeys:

@@ -69,11 +69,13 @@ def clip_script(
     custom_parameters: dict[str, str] | None = None,
     max_call_s: float | None = None,
     barge_in_after_ms: float | None = None,
+    call_sid: str | None = None,
 ) -> CallerScript:
     """``turns`` utterances cycling through the speech clips, call ``i`` starting at clip ``i``.
 
     With ``barge_in_after_ms``, every utterance after the first starts that long after the
     previous reply's first audio arrived (talking over the agent), not ``pause_ms`` after it ended.
+    ``call_sid``: the stream's ``callSid`` (a call placed through the API); default a random one.
     """
     utterances = []
     for j in range(turns):
@@ -88,6 +90,7 @@ def clip_script(
         wait_for_greeting=wait_for_greeting,
         custom_parameters=dict(custom_parameters or {}),
         max_call_s=bound,
+        call_sid=call_sid,
     )
 
 

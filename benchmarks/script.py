@@ -31,6 +31,7 @@ class CallerScript:
     reply_timeout_s: float = 10.0  # last speech frame -> first reply audio, else unanswered
     reply_end_silence_ms: float = 300.0  # a reply is over once played out and this quiet
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    call_sid: str | None = None  # start.callSid (e.g. a call the API placed); None: a new random CA... sid
     # After the last reply: send stop and close. If False, wait up to reply_timeout_s for the
     # server to close the socket (the agent hangs up), then hang up anyway.
     hangup_after_last_reply: bool = True

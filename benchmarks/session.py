@@ -58,7 +58,7 @@ class CallerSession:
     def __init__(self, script: CallerScript, *, url: str = "", record: bool = False) -> None:
         self.script = script
         self._utterances = tuple(script.utterances)
-        self.writer = StreamWriter(new_sid("MZ"), new_sid("CA"), new_sid("AC"))
+        self.writer = StreamWriter(new_sid("MZ"), script.call_sid or new_sid("CA"), new_sid("AC"))
         self.result = CallResult(url=url, stream_sid=self.writer.stream_sid, call_sid=self.writer.call_sid)
         self.buffer = PlaybackBuffer(keep_audio=record)
         self._record = record

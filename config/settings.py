@@ -180,6 +180,9 @@ class ServerConfig(_Model):
     """How long to wait for the peer to answer our WebSocket close."""
     shutdown_timeout_s: float = Field(5.0, gt=0)
     """On SIGTERM/SIGINT, how long live calls get to end cleanly."""
+    debug_records: bool = False
+    """Serve each call's engine record (stage timings, preemptive counts) at ``GET /calls/{id}``,
+    WITHOUT authentication: for the benchmarks only; never turn it on where callers' transcripts matter."""
 
 
 class ApiConfig(_Model):
@@ -207,9 +210,56 @@ class ApiConfig(_Model):
         return self.database_url or f"sqlite:///{self.data_dir / 'ringline.db'}"
 
 
+class TwilioConfig(_Model):
+    """Twilio's REST API, for outbound calls and transfers (media streams need no credentials).
+    ``account_sid`` and ``auth_token`` come from here or, when absent, from the environment as
+    ``TWILIO_ACCOUNT_SID`` and ``TWILIO_AUTH_TOKEN``; one in neither is an error at load."""
+
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    auth_token: SecretStr
+    api_base_url: str = Field("https://api.twilio.com", pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    """Base URL of the REST API (``/2010-04-01/...`` is appended); a local fake's in tests."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Each REST request's whole time, connecting included."""
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_environment(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for field, env in (("account_sid", "TWILIO_ACCOUNT_SID"), ("auth_token", "TWILIO_AUTH_TOKEN")):
+                if not data.get(field):
+                    if not (value := os.environ.get(env)):
+                        raise ValueError(f"{field} is missing: set it here or in the environment as {env}")
+                    data = {**data, field: value}
+        return data
+
+
+class TelephonyConfig(_Model):
+    """How Ringline reaches the telephony providers, and how they reach it."""
+
+    public_url: str | None = Field(None, pattern=r"^(https?|wss?)://[^/?#\s]+(/[^?#\s]*)?$")
+    """The base URL the providers reach this server at (``https://voice.example.com``); media
+    stream URLs are made from it (``wss://voice.example.com/media/twilio``). Needed to place
+    outbound calls. Default: none."""
+    twilio: TwilioConfig | None = None
+    """``[telephony.twilio]``: Twilio's REST API. Default: not configured (no outbound calls or
+    transfers on Twilio)."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value is not None else None
+
+
 class Settings(_Model):
     server: ServerConfig = ServerConfig()
     api: ApiConfig = Field(default_factory=ApiConfig)
+    telephony: TelephonyConfig = Field(default_factory=TelephonyConfig)
     default_agent: str = "default"
     agents: dict[str, AgentConfig] = Field(default_factory=lambda: {"default": AgentConfig()})
 

@@ -8,9 +8,11 @@ from ringline.api.http.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    NotConfigured,
     NotFound,
     RateLimited,
     Unauthorized,
+    UpstreamFailed,
     ValidationFailed,
 )
 from ringline.api.http.mount import API_STATE, EVENT_TOKENS, ApiOptions, build_api_app, setup_api
@@ -39,6 +41,7 @@ __all__ = [
     "KeyLookup",
     "ListQuery",
     "MemoryKeyStore",
+    "NotConfigured",
     "NotFound",
     "Operation",
     "Page",
@@ -50,6 +53,7 @@ __all__ = [
     "Scope",
     "TokenError",
     "Unauthorized",
+    "UpstreamFailed",
     "ValidationFailed",
     "build_api_app",
     "generate_key",

@@ -81,6 +81,18 @@ class RateLimited(ApiError):
         self.headers["Retry-After"] = str(retry_after)
 
 
+class UpstreamFailed(ApiError):
+    """A provider we called for the request (telephony) refused it or did not answer."""
+
+    status, code = 502, "upstream_error"
+
+
+class NotConfigured(ApiError):
+    """The server lacks the configuration the request needs."""
+
+    status, code = 503, "not_configured"
+
+
 class InternalError(ApiError):
     """Only built by the middleware for an unexpected exception; never raised by handlers."""
 
@@ -106,4 +118,6 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "A field is invalid; `details` maps each dotted field path to its reason.",
     429: "Too many requests; retry after `Retry-After` seconds.",
     500: "An unexpected error on our side; quote `meta.request_id` when reporting it.",
+    502: "A provider the request needed (telephony) refused it or did not answer; `error` says why.",
+    503: "The server is not configured for this request; `error` says what is missing.",
 }

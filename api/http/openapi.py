@@ -99,6 +99,12 @@ def _query_parameters(op: Operation, ref: dict[str, Any], defs: dict[str, Any]) 
 
 
 def _success(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    if op.raw and op.media_type is not None:
+        content = {op.media_type: {"schema": {"type": "string", "format": "binary"}}}
+        return {
+            "200": {"description": "The file.", "content": content},
+            "206": {"description": "Partial Content: the byte range the `Range` header asked for.", "content": content},
+        }
     if op.raw:
         return {"101": {"description": "Switching Protocols: the WebSocket is open."}}
     if op.response is None:

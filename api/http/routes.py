@@ -90,6 +90,8 @@ class Operation:
     call_limited: bool
     errors: frozenset[int]
     query_lists: frozenset[str] = field(default=frozenset())
+    media_type: str | None = None
+    """A raw route that answers with a file of this type (with range requests) instead of a WebSocket."""
 
     @property
     def path_params(self) -> list[str]:
@@ -132,6 +134,7 @@ class ApiRoutes:
         scopes: set[str] | frozenset[str] = frozenset(),
         public: bool = False,
         raw: bool = False,
+        media_type: str | None = None,
         call_limited: bool = False,
         errors: set[int] | frozenset[int] = frozenset(),
         summary: str | None = None,
@@ -166,7 +169,9 @@ class ApiRoutes:
         if not 200 <= status < 300 or (many and response is None) or (raw and response is not None):
             raise ValueError(f"{method} {path}: status must be 2xx, many needs a response, raw takes none")
         if raw and method != "GET":
-            raise ValueError(f"{method} {path}: raw routes are WebSocket upgrades (GET)")
+            raise ValueError(f"{method} {path}: raw routes are GETs (a WebSocket upgrade or a file)")
+        if media_type is not None and not raw:
+            raise ValueError(f"{method} {path}: media_type is for raw routes (a file download)")
 
         def register(handler: Handler) -> Handler:
             doc = (handler.__doc__ or "").strip()
@@ -191,6 +196,7 @@ class ApiRoutes:
                     call_limited=call_limited,
                     errors=frozenset(errors),
                     query_lists=query_list_fields(query) if query is not None else frozenset(),
+                    media_type=media_type,
                 )
             )
             return handler

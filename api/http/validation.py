@@ -12,6 +12,7 @@ as a whole (not an object) is keyed ``body``.
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Sequence
 from types import UnionType
@@ -48,7 +49,7 @@ def details(exc: ValidationError, prefix: str = "", root: str = "body") -> dict[
     """``{"dotted.path": "reason"}`` for each error, the first reason per path."""
     out: dict[str, str] = {}
     for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"])
+        path = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         key = prefix + path if path else root
         if err["type"] == "value_error" and "error" in err.get("ctx", {}):
             reason = str(err["ctx"]["error"])  # our validators' own message, without "Value error, "
@@ -56,6 +57,17 @@ def details(exc: ValidationError, prefix: str = "", root: str = "body") -> dict[
             reason = _REASONS.get(err["type"], err["msg"])
         out.setdefault(key, reason)
     return out
+
+
+_UNION_TAG = re.compile(
+    r"none|constrained-\w+|(?:function-(?:after|before|wrap|plain)|lax-or-strict|json-or-python|chain)\[.*\]"
+)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    """Pydantic names the union member an error came from in its path (``constrained-str``,
+    ``function-after[...]``): not a field of the request."""
+    return isinstance(part, str) and _UNION_TAG.fullmatch(part) is not None
 
 
 def forbids_extra(model: type[BaseModel]) -> bool:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from ringline.api.http import ApiRoutes
+from ringline.api.v1 import agents, calls, control, events, keys, numbers, tools, usage
 
-ROUTES: tuple[ApiRoutes, ...] = ()
+ROUTES: tuple[ApiRoutes, ...] = (
+    agents.routes,
+    numbers.routes,
+    numbers.trunk_routes,
+    tools.routes,
+    calls.routes,
+    events.routes,
+    control.routes,
+    usage.routes,
+    keys.routes,
+)
 """Every resource's routes, in the order the OpenAPI document lists them."""
