@@ -126,6 +126,7 @@ def make_app(
         requests_per_address=api.requests_per_address,
         commands_per_call=api.commands_per_call,
         docs=api.docs,
+        max_concurrent=api.max_concurrent_requests,
     )
     app[KEYS] = keys = StoreKeys(lambda: app[STORE])
     api_app = setup_api(app, v1.ROUTES, keys, options=options, tokens=EventTokenSigner(secret.encode()))

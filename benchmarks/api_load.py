@@ -61,9 +61,11 @@ class Endpoint:
         }
 
 
-def _config(tmp: Path, base: Path) -> Path:
+def _config(tmp: Path, base: Path, concurrency: int | None) -> Path:
     data = tomllib.loads(base.read_text())
     data.setdefault("api", {})["requests_per_key"] = 1_000_000_000
+    if concurrency is not None:
+        data["api"]["max_concurrent_requests"] = concurrency
     out = tmp / "api_load.toml"
     out.write_text(toml_text(data))
     return out
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=100, help="concurrent API clients (default 100)")
     p.add_argument("--history", type=int, default=1000, help="ended calls in the store beforehand (default 1000)")
     p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--api-concurrency", type=int, default=None, help="[api] max_concurrent_requests (default: 4)")
     p.add_argument("--config", type=Path, default=REPO / "config" / "bench.toml")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.caller_core is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > args.caller_core:
         os.sched_setaffinity(0, {args.caller_core})  # the API clients share the caller's core, not the server's
     with tempfile.TemporaryDirectory() as tmp:
-        args.config = _config(Path(tmp), args.config)
+        args.config = _config(Path(tmp), args.config, args.api_concurrency)
         with started_server(args) as (url, pid):
             print(f"seeding {args.history} ended calls ...", file=sys.stderr)
             key, ids = asyncio.run(seed(args.data_dir, args.history))

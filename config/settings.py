@@ -204,6 +204,9 @@ class ApiConfig(_Model):
     """Control commands (say, inject-context, transfer, end-call) each call accepts per minute."""
     docs: bool = True
     """Serve ``/openapi.json`` and the Swagger UI at ``/docs``."""
+    max_concurrent_requests: int = Field(4, ge=1)
+    """API requests handled at once; the rest wait. The API shares the event loop with live calls:
+    this keeps a burst of API traffic from crowding out their audio."""
 
     @property
     def database(self) -> str:

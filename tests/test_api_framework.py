@@ -6,6 +6,7 @@ declared here exactly as the real resources declare theirs. Rate limits run on a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import logging
@@ -861,3 +862,46 @@ def test_declaration_mistakes_are_caught_at_import():
     twice.get("/b")(get_widget)
     with pytest.raises(ValueError, match="operationId 'getWidget' of GET /b is also /a's"):
         build_api_app([twice], MemoryKeyStore())
+
+
+# ---- sharing the loop with live calls -----------------------------------------------------------
+
+gate_routes = ApiRoutes(tag="gate")
+GATE = web.AppKey("gate", dict)
+
+
+@gate_routes.get("/slow", public=True)
+async def slow(req: ApiRequest[None, None]) -> None:
+    state = req.app[GATE]
+    state["inside"] += 1
+    state["most"] = max(state["most"], state["inside"])
+    state["entered"].set()
+    await state["release"].wait()
+    state["inside"] -= 1
+
+
+async def test_at_most_max_concurrent_requests_are_handled_at_once() -> None:
+    app = web.Application()
+    app[GATE] = {"inside": 0, "most": 0, "entered": asyncio.Event(), "release": asyncio.Event()}
+    setup_api(app, [gate_routes], MemoryKeyStore(), options=ApiOptions(max_concurrent=2))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/slow"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def get() -> int:
+                async with session.get(url) as resp:
+                    return resp.status
+
+            requests = [asyncio.create_task(get()) for _ in range(5)]
+            while app[GATE]["inside"] < 2:  # two are in; the others wait for a slot
+                app[GATE]["entered"].clear()
+                await app[GATE]["entered"].wait()
+            assert app[GATE]["inside"] == 2
+            app[GATE]["release"].set()
+            assert await asyncio.gather(*requests) == [200] * 5
+            assert app[GATE]["most"] == 2
+    finally:
+        await runner.cleanup()

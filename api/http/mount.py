@@ -13,6 +13,7 @@ per-call limit, the call, and the envelope around what the handler returned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -55,6 +56,9 @@ class ApiOptions(BaseModel):
     """Keys, addresses or calls each rate limiter remembers at most (least recently seen forgotten first)."""
     docs: bool = True
     """Serve ``/openapi.json`` and the ``/docs`` page."""
+    max_concurrent: int = Field(4, ge=1)
+    """API requests handled at once (WebSocket upgrades aside); more wait their turn. The API shares
+    its event loop with live calls' media: this bounds how much of the loop it can take at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,7 @@ class ApiState:
     operations: tuple[Operation, ...]
     document: dict[str, Any]
     tokens: EventTokenSigner | None
+    gate: asyncio.Semaphore
 
 
 API_STATE = web.AppKey("api_state", ApiState)
@@ -92,6 +97,15 @@ def _meta(request: web.Request, state: ApiState) -> dict[str, Any]:
 async def api_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     state = request.config_dict[API_STATE]
     request[REQUEST_ID] = envelope.request_id_from(request.headers.get(envelope.REQUEST_ID_HEADER))
+    if request.headers.get("Upgrade", "").lower() == "websocket":  # lives as long as its call: no slot
+        return await _handle(request, handler, state)
+    async with state.gate:
+        return await _handle(request, handler, state)
+
+
+async def _handle(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], state: ApiState
+) -> web.StreamResponse:
     try:
         try:
             principal = await authenticate(request, state.keys)
@@ -235,6 +249,7 @@ def build_api_app(
         operations=operations,
         document=document,
         tokens=tokens,
+        gate=asyncio.Semaphore(options.max_concurrent),
     )
     if tokens is not None:
         app[EVENT_TOKENS] = tokens
