@@ -10,7 +10,11 @@ COPY engine engine
 COPY api api
 COPY config config
 COPY benchmarks benchmarks
-RUN pip install --no-cache-dir -c constraints.txt . && useradd --system ringline
+RUN pip install --no-cache-dir -c constraints.txt . && useradd --system ringline \
+    && mkdir -p /var/lib/ringline && chown ringline /var/lib/ringline
+# The SQLite store and call recordings (or set [api] database_url to PostgreSQL).
+ENV RINGLINE_DATA_DIR=/var/lib/ringline
+VOLUME /var/lib/ringline
 USER ringline
 
 EXPOSE 8080
