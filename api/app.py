@@ -10,16 +10,21 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from ringline.api import ops, v1
+from ringline.api.analysis import PostCall
 from ringline.api.http import ApiOptions, EventTokenSigner, setup_api
 from ringline.api.ledger import CallLedger
 from ringline.api.routing import agent_for_call
-from ringline.api.state import CALLS, JOURNAL, KEYS, LEDGER, STORE, TWILIO_REST, StoreKeys
+from ringline.api.state import CALLS, JOURNAL, KEYS, LEDGER, STORE, TWILIO_REST, WEBHOOKS, StoreKeys
 from ringline.api.store import CallJournal, Direction, open_store
+from ringline.api.webhooks import CallWebhooks, WebhookDispatcher, restart_outbox
+from ringline.api.webhooks.assistant import Choice, choose_assistant
+from ringline.api.webhooks.tools import add_agent_tools
 from ringline.config.settings import AgentConfig, Settings
 from ringline.config.templates import for_call
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
 from ringline.engine.clients import HttpClients
+from ringline.engine.http_tools import CallDetails
 from ringline.engine.providers import build_providers, warm_up
 from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
@@ -71,16 +76,26 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
     created: list[Call] = []
 
     async def make_call(started: CallStarted, transport: TwilioTransport) -> Call:
-        params = started.parameters
-        agent_id, agent = await agent_for_call(settings, request.app[STORE], params)
+        params, store, clients = started.parameters, request.app[STORE], request.app[CLIENTS]
+        agent_id, agent = await agent_for_call(settings, store, params)
         variables = {k.removeprefix("var_"): v for k, v in params.items() if k.startswith("var_")}
+        direction = Direction.OUTBOUND if params.get("direction") == "outbound" else Direction.INBOUND
+        faults: list[tuple[str, str]] = []
+        if direction is Direction.INBOUND:  # the assistant-request webhook may choose another agent
+            choice = await choose_assistant(settings, store, clients, started, Choice(agent_id, agent, variables))
+            agent_id, agent, variables = choice.agent_id, choice.agent, choice.variables
+            faults += [("assistant-request", choice.fault)] if choice.fault else []
         agent = for_call(agent, variables)
-        providers = build_providers(agent, clock, request.app[CLIENTS])
+        providers = build_providers(agent, clock, clients)
         tools = request.app[TOOLS](agent_id, agent)
+        caller, called = params.get("from", ""), params.get("to", "")
+        details = CallDetails(started.call_id, agent_id, direction.value, caller, called, variables=variables)
+        problems = await add_agent_tools(tools, settings, store, clients, agent, details)
+        faults += [("tools", problem) for problem in problems]
         if (twilio := request.app.get(TWILIO_REST)) is not None:
             transport.transferrer = twilio.transferrer(started.call_id)
-        call = Call(started.call_id, agent_id, agent, transport, providers, clock, registry=tools)
-        direction = Direction.OUTBOUND if params.get("direction") == "outbound" else Direction.INBOUND
+        outbound = direction is Direction.OUTBOUND
+        call = Call(started.call_id, agent_id, agent, transport, providers, clock, registry=tools, outbound=outbound)
         await request.app[LEDGER].opened(
             call,
             agent_id=agent_id,
@@ -89,6 +104,8 @@ async def twilio_media(request: web.Request) -> web.WebSocketResponse:
             to_number=params.get("to", ""),
             variables=variables,
         )
+        for stage, detail in faults:  # now that the ledger records them
+            call.fault(stage, detail)
         calls.add(call)
         ops.watch_call(request.app, call)
         created.append(call)
@@ -116,6 +133,7 @@ def make_app(
     app[SETTINGS] = settings
     app[CALLS] = CallRegistry()
     app[TOOLS] = tools or _builtin_tools
+    app[WEBHOOKS] = CallWebhooks(settings)
     app.add_routes(routes)
     if settings.server.debug_records:
         app.router.add_get("/calls/{call_id}", call_record)
@@ -144,6 +162,7 @@ def make_app(
     app.cleanup_ctx.append(_http_clients)  # first in, last out: after every call has ended
     app.cleanup_ctx.append(_twilio_rest)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_webhook_dispatcher)  # stopped before the store closes
     app.cleanup_ctx.append(_idle_watchdog)
     return app
 
@@ -182,15 +201,31 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     api.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(api.database)
     try:
-        if ended := await store.mark_live_calls_ended("engine_restart"):
+        outbox = await restart_outbox(app[WEBHOOKS], store)
+        if ended := await store.mark_live_calls_ended("engine_restart", outbox=outbox):
             log.warning("%d calls were live when the engine last stopped: marked ended (engine_restart)", ended)
         async with CallJournal(store) as journal:
             app[STORE], app[JOURNAL] = store, journal
-            app[LEDGER] = ledger = CallLedger(store, journal, api.data_dir / "recordings")
+            post_call = PostCall(
+                store, app[WEBHOOKS], clients=app[CLIENTS], public_url=app[SETTINGS].telephony.public_url
+            )
+            app[LEDGER] = ledger = CallLedger(
+                store, journal, api.data_dir / "recordings", webhooks=app[WEBHOOKS], post_call=post_call
+            )
             yield
             await ledger.aclose()
     finally:
         await store.close()
+
+
+async def _webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
+    """Deliver the webhook outbox while the app runs (``api/webhooks/dispatcher.py``)."""
+    settings = app[SETTINGS]
+    config, tls = settings.webhooks, app[CLIENTS].tls_context()
+    async with WebhookDispatcher(app[STORE], config, webhooks=app[WEBHOOKS], tls=tls) as dispatcher:
+        yield
+        await app[LEDGER].aclose()  # the calls' last status changes are in the outbox: send them if quick
+        await dispatcher.drain(min(config.timeout_s, settings.server.shutdown_timeout_s))
 
 
 async def _idle_watchdog(app: web.Application) -> AsyncIterator[None]:

@@ -15,12 +15,17 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringline.api.store import CallJournal, CallStatus, Direction, NotFound, Role, Store, StoreError
+from ringline.api.store.records import OutboxArg
+from ringline.api.webhooks.targets import CallWebhooks
 from ringline.engine.call import Call
 from ringline.engine.call import CallStatus as LiveStatus
 from ringline.engine.events import CallEvent, EventType
+
+if TYPE_CHECKING:
+    from ringline.api.analysis import PostCall
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +39,20 @@ STATUS = {
 class CallLedger:
     """One per process: the bridge from live calls to the store."""
 
-    def __init__(self, store: Store, journal: CallJournal, recordings: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        journal: CallJournal,
+        recordings: Path,
+        *,
+        webhooks: CallWebhooks | None = None,
+        post_call: PostCall | None = None,
+    ) -> None:
         self._store = store
+        self._post_call = post_call
+        """Each ended call's analysis and end-of-call report, in the background."""
+        self._webhooks = webhooks
+        """Status changes enqueue ``status-update`` webhooks in their transaction."""
         self._journal = journal
         self._recordings = recordings
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -60,16 +77,18 @@ class CallLedger:
         (one insert) so the first transcript lines have somewhere to go; a failing database is
         logged and the call goes on unrecorded."""
         try:
-            await self._create_row(call.call_id, agent_id, direction, from_number, to_number, metadata, variables)
+            await self._create_row(call, agent_id, direction, from_number, to_number, metadata, variables)
         except StoreError as exc:
             log.error("call %s is not recorded: %s", call.call_id, exc, extra={"call_id": call.call_id})
             return
         self._locks[call.call_id] = asyncio.Lock()
+        if call.recorder is not None:  # streamed to disk as the call goes; closed in ``_ended``
+            call.recorder.open(self.recording_path(call.call_id))
         call.events.observe(_Follower(functools.partial(self.record_event, call)))
 
     async def _create_row(
         self,
-        call_id: str,
+        call: Call,
         agent_id: str | None,
         direction: Direction,
         from_number: str,
@@ -77,6 +96,7 @@ class CallLedger:
         metadata: Mapping[str, Any] | None,
         variables: Mapping[str, str] | None,
     ) -> None:
+        call_id = call.call_id
         try:
             row = await self._store.get_call(call_id)
         except NotFound:
@@ -89,7 +109,9 @@ class CallLedger:
                 to_number=to_number,
                 metadata=dict(metadata or {}),
                 variables=dict(variables or {}),
+                outbox=self._status_outbox(call),
             )
+            self._notify()
             return
         if row.status is CallStatus.ENDED:
             raise StoreError(f"call {call_id} already ended")
@@ -121,32 +143,45 @@ class CallLedger:
         elif event.type is EventType.STATUS:
             status = LiveStatus(data["status"])
             if (stored := STATUS.get(status)) is not None:
-                self._spawn(call_id, "its status", functools.partial(self._store.update_call_status, call_id, stored))
+                self._spawn(call_id, "its status", functools.partial(self._status, call, stored))
             elif status is LiveStatus.ENDED:
                 self._spawn(call_id, "its end", functools.partial(self._ended, call))
+
+    def _status_outbox(self, call: Call) -> OutboxArg:
+        return self._webhooks.status_update(call.agent) if self._webhooks is not None else ()
+
+    def _notify(self) -> None:
+        if self._webhooks is not None:
+            self._webhooks.notify()
+
+    async def _status(self, call: Call, status: CallStatus) -> None:
+        await self._store.update_call_status(call.call_id, status, outbox=self._status_outbox(call))
+        self._notify()
 
     async def _ended(self, call: Call) -> None:
         call_id, record = call.call_id, call.record
         try:
-            recording = None
-            if call.recorder is not None:
-                recording = self.recording_path(call_id)
-                await asyncio.to_thread(call.recorder.write_wav, recording)
+            recording = await call.recorder.aclose() if call.recorder is not None else None
             latency = [t.breakdown_ms() for t in record.turns]
             await self._store.update_call(
                 call_id, latency=latency, recording_path=str(recording) if recording else None
             )
             reason = record.end_reason.value if record.end_reason is not None else "error"
             await self._journal.flush()  # an ended row has its whole transcript
-            await self._store.end_call(call_id, reason)
+            await self._store.end_call(call_id, reason, outbox=self._status_outbox(call))
+            self._notify()
+            if self._post_call is not None:
+                self._post_call.start(call_id, call.agent)
         finally:
             self._journal.release(call_id)
             del self._locks[call_id]
 
     async def aclose(self) -> None:
-        """Wait for the row updates in flight (after every call has ended)."""
+        """Wait for the row updates in flight (after every call has ended), then the post-call work."""
         while self._tasks:
             await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+        if self._post_call is not None:
+            await self._post_call.aclose()
 
 
 class _Follower:

@@ -12,6 +12,7 @@ from aiohttp import web
 from ringline.api.http import Principal
 from ringline.api.ledger import CallLedger
 from ringline.api.store import ApiKey, CallJournal, Store, StoreError
+from ringline.api.webhooks.targets import CallWebhooks
 from ringline.engine.registry import CallRegistry
 from ringline.engine.transports.twilio.rest import TwilioRest
 
@@ -26,6 +27,8 @@ KEYS = web.AppKey("keys", "StoreKeys")
 """The API's key lookup: the API-keys resource tells it about revocations."""
 TWILIO_REST = web.AppKey("twilio_rest", TwilioRest)
 """Twilio's REST client (outbound calls, transfers); absent when ``[telephony.twilio]`` is not configured."""
+WEBHOOKS = web.AppKey("webhooks", CallWebhooks)
+"""Builds webhook outbox events and wakes the dispatcher (``api/webhooks``) when some were written."""
 
 
 class StoreKeys:

@@ -36,6 +36,7 @@ from ringline.engine.audio import (
     ulaw_decode,
     ulaw_encode,
 )
+from ringline.engine.audio.ambience import AmbienceBed, make_loop
 from ringline.engine.errors import ConfigError
 
 Case = tuple[str, Callable[[], object]]
@@ -103,6 +104,7 @@ def build_cases() -> list[Case]:
     outbound = AudioConverter(AudioFormat(Encoding.PCM16, 24000), MULAW_8K)
     framer = Framer.for_format(MULAW_8K)
     odd_chunk = ulaw[:100]  # feeding 100 bytes at a time: every other call completes a frame
+    bed = AmbienceBed(make_loop("office", MULAW_8K, -45.0))
 
     return [
         ("mu-law decode", lambda: ulaw_decode(ulaw)),
@@ -118,6 +120,8 @@ def build_cases() -> list[Case]:
         ("convert mu-law 8k -> PCM16 16k", lambda: inbound.convert(ulaw)),
         ("convert PCM16 24k -> mu-law 8k", lambda: outbound.convert(pcm_24k)),
         ("Framer.feed 100 B chunks", lambda: framer.feed(odd_chunk)),
+        ("ambience mixed into a mu-law frame", lambda: bed.mix(ulaw)),
+        ("ambience alone, mu-law frame", lambda: bed.frame(160)),
     ]
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from ringline.config.behaviours import AmbienceConfig, FillerConfig, SilenceConfig
 from ringline.config.providers import (
     PROVIDER_TAGS,
     FakeLlmConfig,
@@ -93,15 +94,23 @@ class TurnConfig(_Model):
 
 
 class InterruptionConfig(_Model):
-    """Barge-in: the caller talking over the agent."""
+    """Barge-in: the caller talking over the agent. ``min_speech_ms`` is the interruption
+    sensitivity and ``min_words`` the minimum interrupt words of hosted platforms' settings."""
 
     enabled: bool = True
+    """Whether the caller can interrupt the agent at all."""
     min_speech_ms: Ms = 100
-    """Caller speech this long (from its first voiced frame) stops the agent's audio."""
-    min_words: int = Field(0, ge=0)
-    """Also require this many transcribed words before stopping the agent (0: speech alone)."""
+    """Interruption sensitivity: caller speech this long (from its first voiced frame) stops the
+    agent's audio. Lower stops it sooner; higher lets coughs and short sounds pass."""
+    min_words: int = Field(0, ge=0, le=10)
+    """Minimum interrupt words: also require this many transcribed words that are not
+    ``backchannel_words`` before stopping the agent (0: speech alone). With 0 a backchannel
+    ("mm-hm") pauses the agent's audio until its transcript shows it was only a backchannel, then
+    the reply resumes where it stopped, nothing lost; with 1 or more the audio never stops for one,
+    but every barge-in waits for the STT's first interim words."""
     backchannel_words: tuple[str, ...] = ("mm-hm", "mhm", "mm", "hmm", "uh-huh", "yeah", "yep", "right", "okay", "ok")
-    """Words that acknowledge rather than interrupt: speech made only of these is not a barge-in."""
+    """Words that acknowledge rather than interrupt: speech made only of these is never a barge-in
+    (the reply goes on, whole) and never a turn of its own."""
     false_interruption_timeout_ms: Ms = 1000
     """If the speech that stopped the agent yields no words within this time after it ends,
     it was noise: the agent resumes where the caller stopped hearing it."""
@@ -112,6 +121,202 @@ class PlayoutConfig(_Model):
     """How far ahead of real time audio is sent to the telephony provider's buffer."""
     frame_ms: int = Field(20, ge=10, le=200)
     """Audio per media message."""
+
+
+WebhookEvent = Literal["assistant-request", "tool-calls", "status-update", "end-of-call-report"]
+"""The kinds of webhook Ringline sends (see ``ringline.api.webhooks``)."""
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("assistant-request", "tool-calls", "status-update", "end-of-call-report")
+_HTTP_URL = r"^https?://[^/?#\s]+(/[^#\s]*)?$"
+
+
+class AgentWebhookConfig(_Model):
+    """``[agents.NAME.webhook]``: where this agent's call events go, and which."""
+
+    url: str | None = Field(None, pattern=_HTTP_URL)
+    """Receives this agent's events instead of ``webhooks.default_url``. Default: the account's URL."""
+    events: tuple[WebhookEvent, ...] = WEBHOOK_EVENTS
+    """The events this agent sends (instead of ``webhooks.events``). Default: all."""
+
+
+DEFAULT_SUMMARY_PROMPT = (
+    "Summarize the call in two to four sentences: who called and why, what the agent did or agreed to, "
+    "and how the call ended."
+)
+"""The summary instruction when neither the agent nor its analysis template gives one."""
+
+
+class AnalysisField(_Model):
+    """One value the post-call analysis extracts from the transcript (``structured_schema``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """The key in ``structured_data``: letters, digits and underscores."""
+    type: Literal["string", "number", "bool"]
+    """What the value must be; one of another type is recorded as that field's error."""
+    description: str = Field(min_length=1, max_length=1000)
+    """What the value is; the LLM reads this."""
+
+
+class AnalysisPlan(_Model):
+    """What a post-call analysis asks for. An analysis template is one of these with a name; a part an
+    agent's ``analysis`` leaves unset comes from its template, else from the default given here."""
+
+    summary: bool | None = None
+    """Write a summary of the call. Default: on."""
+    summary_prompt: str | None = Field(None, min_length=1, max_length=10_000)
+    """How to summarize the call. Default: ``DEFAULT_SUMMARY_PROMPT`` (two to four sentences)."""
+    structured_schema: tuple[AnalysisField, ...] | None = Field(None, max_length=50)
+    """Values to extract from the call into ``structured_data``. Default: none."""
+    success_rubric: str | None = Field(None, min_length=1, max_length=10_000)
+    """What makes the call a success; judged pass or fail, with the reason. Default: none (not judged)."""
+    sentiment: bool | None = None
+    """Judge the caller's sentiment: ``positive``, ``neutral`` or ``negative``. Default: on."""
+
+    @field_validator("structured_schema")
+    @classmethod
+    def _unique_names(cls, fields: tuple[AnalysisField, ...] | None) -> tuple[AnalysisField, ...] | None:
+        names = [f.name for f in fields or ()]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"field names must be unique; repeated: {', '.join(dupes)}")
+        return fields
+
+
+class AnalysisConfig(AnalysisPlan):
+    """``[agents.NAME.analysis]``: analyse each call after it ends (see ``ringline.api.analysis``), in
+    the background: never on the call's path."""
+
+    template: str | None = Field(None, min_length=1, max_length=200)
+    """Name or id of an analysis template (``/api/v1/analysis-templates``): the parts this table leaves
+    unset come from it. A template missing when a call ends fails that call's analysis. Default: none."""
+    llm: LlmConfig | None = None
+    """The LLM that analyses. Default: the agent's ``llm``, given room for a long prompt and answer
+    (an OpenAI-compatible one: ``timeout_s`` for the first token and in all, 1000 tokens, temperature 0)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Each attempt's whole time."""
+    max_attempts: int = Field(3, ge=1, le=10)
+    """Attempts before the analysis is recorded failed (a provider error that is not retryable fails at once)."""
+    retry_backoff_s: float = Field(1.0, ge=0)
+    """Wait before the second attempt; each later wait doubles (a provider's ``Retry-After`` wins)."""
+    report_wait_s: float = Field(30.0, ge=0)
+    """How long the end-of-call report waits for the analysis; then it goes with the analysis
+    ``pending`` (the call's row gets the analysis when it is done)."""
+
+
+VOICEMAIL_KEYWORDS: tuple[str, ...] = (
+    "leave a message",
+    "leave me a message",
+    "leave your message",
+    "leave a brief message",
+    "leave your name",
+    "after the beep",
+    "after the tone",
+    "at the beep",
+    "at the tone",
+    "not available",
+    "unavailable",
+    "can't take your call",
+    "cannot take your call",
+    "can't come to the phone",
+    "cannot come to the phone",
+    "away from the phone",
+    "voicemail",
+    "voice mail",
+    "mailbox",
+    "record your message",
+    "get back to you",
+    "return your call",
+)
+
+
+class VoicemailConfig(_Model):
+    """``[agents.NAME.voicemail]``: answering-machine detection on outbound calls.
+
+    In the callee's first seconds the call decides whether a person or a machine answered. The
+    conversation is not held meanwhile: a person's "Hello?" is answered as on any call. On a
+    machine the agent stops whatever it was saying, waits for the beep (or for the greeting to
+    end) and leaves ``message``, or hangs up at once; the call ends with reason ``voicemail``.
+    Each step is a ``voicemail`` event."""
+
+    enabled: bool = False
+    """Detect on outbound calls (inbound calls are never checked). Default: off."""
+    detect_within_s: float = Field(5.0, gt=0)
+    """The callee must start speaking within this many seconds of the call's start to be judged;
+    nobody speaking by then is ``unknown`` and the call goes on as with a person. A first
+    utterance under way at that point is judged to its end."""
+    keywords: tuple[Annotated[str, Field(min_length=1)], ...] = VOICEMAIL_KEYWORDS
+    """Phrases of a voicemail greeting: one of them in the first utterance's transcript means a
+    machine (whole words; case, punctuation and apostrophes do not matter). Default:
+    ``VOICEMAIL_KEYWORDS`` ("leave a message", "after the tone", "not available", ...)."""
+    long_utterance_s: float = Field(3.5, gt=0)
+    """A first utterance this long without a pause of ``utterance_gap_s`` means a machine: a
+    person answers "Hello?" and waits, a greeting runs on."""
+    utterance_gap_s: float = Field(1.2, gt=0)
+    """A pause this long ends the first utterance; a shorter one without keywords is a person's."""
+    beep: bool = True
+    """Listen for the beep: one steady tone between 400 and 2000 Hz lasting at least 150 ms. Heard
+    while undecided it means a machine; the message starts as soon as it ends."""
+    greeting_end_silence_s: float = Field(2.0, gt=0)
+    """Once a machine is detected, this much silence ends its greeting if no beep came first."""
+    max_greeting_s: float = Field(30.0, gt=0)
+    """Leave the message anyway this long after a machine was detected, whatever the greeting does."""
+    action: Literal["leave_message", "hang_up"] = "hang_up"
+    """What to do on a machine: speak ``message`` after the beep then hang up, or hang up at once."""
+    message: str = Field("", max_length=2000)
+    """The message left on a machine (required with ``leave_message``). ``{{placeholders}}`` are not
+    filled in it (``config/templates.py`` renders the prompt and first message only)."""
+
+    @model_validator(mode="after")
+    def _message_to_leave(self) -> VoicemailConfig:
+        if self.action == "leave_message" and not self.message.strip():
+            raise ValueError("message is required when action is leave_message")
+        return self
+
+
+DtmfKey = Annotated[str, Field(pattern=r"^[0-9*#A-D]$")]
+"""One keypad key."""
+
+
+class DtmfCollectConfig(_Model):
+    """How the caller's key presses are gathered into one entry."""
+
+    digits: int = Field(0, ge=0, le=64)
+    """Deliver the entry once this many keys are pressed (0: no count; the terminator or the
+    timeout ends it)."""
+    terminator: str = Field("#", pattern=r"^[0-9*#A-D]?$")
+    """The key that ends an entry at once (kept in it); "" for none."""
+    timeout_s: float = Field(2.0, gt=0)
+    """An entry with no key pressed for this long is delivered as it is."""
+
+
+class DtmfActionConfig(_Model):
+    """What a key does when pressed as the first key of an entry."""
+
+    action: Literal["transfer", "hang_up"]
+    destination: str | None = Field(None, pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s]+)$")
+    """Where ``transfer`` hands the call: an E.164 number or a ``sip:`` URI."""
+    message: str = Field("", max_length=2000)
+    """Said first (the transfer's announcement, or the goodbye); "" for none."""
+
+    @model_validator(mode="after")
+    def _transfer_has_destination(self) -> DtmfActionConfig:
+        if self.action == "transfer" and not self.destination:
+            raise ValueError("destination is required when action is transfer")
+        return self
+
+
+class DtmfConfig(_Model):
+    """``[agents.NAME.dtmf]``: the caller's key presses. Every key is a ``dtmf`` event; these rules
+    say what else it does. A key listed in ``actions`` acts at once when it starts an entry;
+    otherwise keys are collected (the first one stops the agent talking) and the entry reaches
+    the conversation as a user message made from ``format``, which the agent answers."""
+
+    enabled: bool = True
+    """Deliver entries into the conversation (``actions`` work either way)."""
+    collect: DtmfCollectConfig = DtmfCollectConfig()
+    format: str = Field("[DTMF {digits}]", min_length=1, max_length=200)
+    """The user message of an entry; ``{digits}`` is replaced by its keys."""
+    actions: dict[DtmfKey, DtmfActionConfig] = {}
+    """Keys mapped to actions, e.g. ``"0" = {action = "transfer", destination = "+14155550100"}``,
+    ``"9" = {action = "hang_up", message = "Goodbye."}``. Default: none."""
 
 
 class AgentConfig(_Model):
@@ -129,7 +334,13 @@ class AgentConfig(_Model):
     variables: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
     """Default values of ``{{placeholders}}``; a call's own variables override them."""
     recording: bool = False
-    """Record the call as a stereo WAV (caller left, agent right), served by the API."""
+    """Record the call as a stereo WAV (caller left, agent right), served by the API. It is
+    streamed to disk as the call goes (about a second buffered); see ``engine/recording.py``."""
+    voicemail: VoicemailConfig = VoicemailConfig()
+    """Answering-machine detection on outbound calls. Default: off."""
+    dtmf: DtmfConfig = DtmfConfig()
+    """What the caller's key presses do. Default: entries ending with ``#`` or a 2 s pause reach the
+    conversation as ``[DTMF 123#]``; no key actions."""
     stt: SttConfig = FakeSttConfig()
     llm: LlmConfig = FakeLlmConfig()
     llm_fallback: LlmConfig | None = None
@@ -147,6 +358,37 @@ class AgentConfig(_Model):
     playout: PlayoutConfig = PlayoutConfig()
     max_tool_rounds: int = Field(4, ge=1)
     """LLM calls per reply when tools are called (a tool result feeds the next call)."""
+    silence: SilenceConfig = SilenceConfig()
+    """Re-engage a caller who has gone quiet, then hang up (``silence_timeout``). Default: on,
+    after 10 s of silence, twice, then the goodbye."""
+    max_duration_s: float | None = Field(None, gt=0, le=86_400)
+    """Longest a call may last, from the moment its media starts: at the limit the agent takes the
+    floor, says ``duration_goodbye`` (which the caller cannot talk over) and hangs up (end reason
+    ``max_duration``). Default: no limit."""
+    duration_warning_s: float = Field(30.0, ge=0)
+    """How long before ``max_duration_s`` the agent says ``duration_warning``: once, at the first
+    moment nobody is talking after that (skipped if none comes while at least half of this time is
+    left). 0: no warning."""
+    duration_warning: str = Field(
+        "Just so you know, we're almost out of time for this call.", min_length=1, max_length=500
+    )
+    duration_goodbye: str = Field(
+        "We've reached the time limit for this call. Thank you for calling, goodbye.", min_length=1, max_length=500
+    )
+    fillers: FillerConfig = FillerConfig()
+    """A short phrase ("One moment.") when a reply is slow to start. Default: off."""
+    ambience: AmbienceConfig = AmbienceConfig()
+    """A background sound under the agent's audio. Default: off."""
+    transfer_failed_message: str = Field("Sorry, I couldn't transfer you.", min_length=1, max_length=500)
+    """Said when the provider refuses a transfer; the call then goes on (status back to in progress)."""
+    tools: tuple[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")], ...] = Field((), max_length=64)
+    """Names of tool templates (``/api/v1/tools``) this agent's LLM may call, besides the built-in
+    ``end_call``; loaded from the store when a call starts (a missing one is a ``fault``). Default: none."""
+    webhook: AgentWebhookConfig | None = None
+    """This agent's webhook URL and event filter. Default: the account's (``[webhooks]``)."""
+    analysis: AnalysisConfig | None = None
+    """Post-call analysis: summary, structured data, success evaluation, sentiment. Default: none
+    (an ``[agents.NAME.analysis]`` table, even empty, turns it on)."""
 
     @field_validator("timezone")
     @classmethod
@@ -156,6 +398,15 @@ class AgentConfig(_Model):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (want an IANA name like 'Europe/Paris')") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_duration(self) -> AgentConfig:
+        limit = self.max_duration_s
+        if limit is not None and self.duration_warning_s >= limit:
+            raise ValueError(
+                f"duration_warning_s ({self.duration_warning_s:g}) must be less than max_duration_s ({limit:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_silences(self) -> AgentConfig:
@@ -259,10 +510,50 @@ class TelephonyConfig(_Model):
         return value.rstrip("/") if value is not None else None
 
 
+class WebhookConfig(_Model):
+    """``[webhooks]``: signed POSTs of call events, sent from a durable outbox and retried until
+    delivered or ``max_age_h`` old (see ``ringline.api.webhooks``). ``secret`` comes from here or,
+    when absent, from the environment as ``RINGLINE_WEBHOOK_SECRET``; events are only sent signed."""
+
+    default_url: str | None = Field(None, pattern=_HTTP_URL)
+    """The account's receiver, for agents without their own. Default: none (no webhooks)."""
+    secret: SecretStr | None = None
+    """Signs every webhook (HMAC-SHA256); required once any URL is set. Default: ``$RINGLINE_WEBHOOK_SECRET``."""
+    events: tuple[WebhookEvent, ...] = tuple(e for e in WEBHOOK_EVENTS if e != "assistant-request")
+    """The events sent for agents with no ``webhook.events`` of their own. Default: all but
+    ``assistant-request``, which must be asked for: every inbound call that names no agent then waits
+    (up to ``assistant_request_timeout_s``) for the receiver's answer."""
+    max_age_h: float = Field(24.0, gt=0)
+    """An event not delivered this long after it was queued is given up on (``failed``)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Each delivery attempt's whole time, connecting included."""
+    backoff_base_s: float = Field(1.0, gt=0)
+    """The first retry waits up to this long; each next one up to twice as long (full jitter)."""
+    backoff_cap_s: float = Field(600.0, gt=0)
+    """The longest wait between two attempts."""
+    max_in_flight: int = Field(16, ge=1)
+    """Deliveries in flight at once, all receivers together."""
+    max_in_flight_per_url: int = Field(4, ge=1)
+    """Deliveries in flight at once to one receiver URL (a slow one cannot hold up the others)."""
+    poll_s: float = Field(1.0, gt=0)
+    """How often the outbox is checked for due events when nothing new was queued by this process."""
+    assistant_request_timeout_s: float = Field(5.0, gt=0, le=30)
+    """How long an inbound call waits for the ``assistant-request`` answer (the caller hears nothing
+    meanwhile); then the number's stored agent answers."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_from_environment(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("secret") and (value := os.environ.get("RINGLINE_WEBHOOK_SECRET")):
+            data = {**data, "secret": value}
+        return data
+
+
 class Settings(_Model):
     server: ServerConfig = ServerConfig()
     api: ApiConfig = Field(default_factory=ApiConfig)
     telephony: TelephonyConfig = Field(default_factory=TelephonyConfig)
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     default_agent: str = "default"
     agents: dict[str, AgentConfig] = Field(default_factory=lambda: {"default": AgentConfig()})
 
@@ -270,6 +561,13 @@ class Settings(_Model):
     def _check_default(self) -> Settings:
         if self.default_agent not in self.agents:
             raise ValueError(f"default_agent {self.default_agent!r} is not among agents {sorted(self.agents)}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_webhook_secret(self) -> Settings:
+        urls = [self.webhooks.default_url] + [a.webhook.url for a in self.agents.values() if a.webhook]
+        if self.webhooks.secret is None and any(urls):
+            raise ValueError("webhooks.secret is missing: set it here or in the environment as RINGLINE_WEBHOOK_SECRET")
         return self
 
     def agent(self, name: str | None) -> AgentConfig:

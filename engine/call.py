@@ -1,7 +1,9 @@
 """A call: wires the transport, listener (VAD + STT + turn-taking), responder and playout.
 
 Data flows one way: inbound audio -> VAD/STT -> ``TurnTaker`` -> actions -> responder/playout
--> transport. The call owns every task it starts and ends them all in ``end``.
+-> transport. The call owns every task it starts and ends them all in ``end``. Behaviours with a
+schedule of their own (re-engaging a silent caller, the duration limit) are polled on every
+inbound frame and act through the same actions.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import time
 from typing import Any
 
 from ringline.config.settings import AgentConfig
+from ringline.engine.audio.ambience import AmbienceBed, AmbienceError, load_loop
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import FRAME_MS, AudioFormat, Encoding
 from ringline.engine.audio.framing import Framer
 from ringline.engine.audio.g711 import decode
 from ringline.engine.audio.resample import AudioConverter
+from ringline.engine.behaviours.limits import Cut, DurationLimit, SayGoodbye, Warn
+from ringline.engine.behaviours.silence import GiveUp, Reengage, SilenceWatch
+from ringline.engine.dtmf import Deliver, DtmfRules, DtmfStep, EntryStarted, KeyAction
 from ringline.engine.errors import ProviderError, RinglineError
 from ringline.engine.events import EventLog, EventType
 from ringline.engine.failover import FailoverLlm, FailoverTts
@@ -43,7 +49,8 @@ from ringline.engine.turns import (
     TurnState,
     TurnTaker,
 )
-from ringline.engine.vad.activity import SpeechStarted, SpeechStopped, VoiceActivity, make_classifier
+from ringline.engine.vad.activity import Activity, SpeechStarted, SpeechStopped, VoiceActivity, make_classifier
+from ringline.engine.voicemail import AmdEvent, GreetingEnded, Verdict, VoicemailDetector
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,7 @@ class Call:
         clock: Clock,
         *,
         registry: ToolRegistry | None = None,
+        outbound: bool = False,
     ) -> None:
         self.call_id = call_id
         self.agent = agent
@@ -94,6 +102,10 @@ class Call:
         self._frame_bytes = wire.bytes_for(FRAME_MS)
         self._vad = VoiceActivity(agent.vad, make_classifier(agent.vad, wire.sample_rate))
         self._turns = TurnTaker(agent.turn, agent.interruption)
+        self._voicemail = (
+            VoicemailDetector(agent.voicemail, wire.sample_rate) if outbound and agent.voicemail.enabled else None
+        )
+        self._dtmf = DtmfRules(agent.dtmf)
         self.context = Context(agent.system_prompt)
         self._registry = registry or default_registry()
         self._tools = ToolRunner(self._registry, self.context, self, self)
@@ -110,7 +122,13 @@ class Call:
             apology=agent.apology,
             faults=self,
             call_id=call_id,
+            fillers=agent.fillers,
+            caller_silent=self._caller_silent,
         )
+        self._silence = SilenceWatch(agent.silence)
+        self._limit: DurationLimit | None = None
+        self._handover: asyncio.Task[str | None] | None = None
+        """The transport handing the call over (``transfer``): None once done, else why not."""
         self._stt: SttSession | None = None
         self._stt_converter: AudioConverter | None = None
         self._stt_takes_wire = False
@@ -148,10 +166,20 @@ class Call:
 
     async def start(self) -> None:
         """Open the STT session, start owned tasks, speak the first message if the agent goes first."""
+        agent = self.agent
+        if agent.max_duration_s is not None:
+            self._limit = DurationLimit(
+                self._clock.now(),
+                agent.max_duration_s,
+                warning_s=agent.duration_warning_s,
+                warning=agent.duration_warning,
+                goodbye=agent.duration_goodbye,
+            )
+        ambience = await self._load_ambience()
         try:
             self._stt = stt = await self._providers.stt.open(self._wire)
         except ProviderError as exc:
-            self._playout.start()
+            self._playout.start(ambience)
             self._set_status(CallStatus.ACTIVE)
             await self._cannot_hear(exc)
             return
@@ -160,14 +188,29 @@ class Call:
         elif stt.format != self._pcm_format:
             self._stt_converter = AudioConverter(self._pcm_format, stt.format)
         self._stt_task = asyncio.create_task(self._read_transcripts(stt), name=f"stt-{self.call_id}")
-        self._playout.start()
+        self._playout.start(ambience)
         self._set_status(CallStatus.ACTIVE)
         if self.agent.first_speaker == "agent" and self.agent.first_message:
             self._turns.agent_speaks()
             self._start_reply(script=self.agent.first_message)
 
+    async def _load_ambience(self) -> AmbienceBed | None:
+        config = self.agent.ambience
+        if not config.enabled:
+            return None
+        try:
+            return AmbienceBed(await load_loop(config, self._wire))
+        except AmbienceError as exc:  # the call goes on without it
+            self.fault("ambience", str(exc))
+            return None
+
     async def end(self, reason: EndReason, detail: str = "") -> None:
         """End the call (idempotent): stop every task, close the STT, hang up the transport."""
+        handover = self._handover
+        if handover is not None and not handover.done() and handover is not asyncio.current_task():
+            # The transport is handing the call over: its socket closing is the hand-over's doing,
+            # and whether it worked decides how the call ends.
+            await asyncio.gather(asyncio.shield(handover), return_exceptions=True)
         if self.status in (CallStatus.ENDING, CallStatus.ENDED):
             await self._ended.wait()
             return
@@ -189,14 +232,7 @@ class Call:
             except Exception:
                 log.warning("closing STT failed", exc_info=True, extra=self._extra)
         await self._close_providers()
-        if reason is EndReason.TRANSFERRED:
-            try:
-                await self._transport.transfer(detail)
-            except TransferFailed as exc:
-                self.fault("transfer", str(exc))
-                self.record.end_reason, self.record.end_detail = EndReason.TRANSFER_FAILED, str(exc)
-                await self._transport.hangup()
-        elif reason is not EndReason.CALLER_HANGUP:
+        if reason not in (EndReason.CALLER_HANGUP, EndReason.TRANSFERRED):  # a transfer hung up already
             await self._transport.hangup()
         self._finish_record()
         self._set_status(CallStatus.ENDED)
@@ -250,6 +286,10 @@ class Call:
         edge = vad.feed(pcm)
         if vad.last_voiced_end == vad.now:
             self._last_voiced_at = self._clock.now()
+        if self._voicemail is not None and self._voicemail.active:
+            await self._on_voicemail(self._voicemail.feed(pcm, vad.now, edge))
+        if self._dtmf.entry and (steps := self._dtmf.tick(vad.now)):
+            await self._on_dtmf(steps)
         turns = self._turns
         if edge is None:
             actions = turns.tick(vad.now, vad.last_voiced_end)
@@ -262,15 +302,24 @@ class Call:
         if actions:
             await self._apply(actions)
         self._playout.poll()
+        if (due := self._poll_behaviours()) is not None:
+            await self._behave(due)
 
     def on_mark(self, name: str) -> None:
         self.last_heard = self._clock.now()
         self._playout.on_mark(name)
 
-    def on_dtmf(self, digit: str) -> None:
+    async def on_dtmf(self, digit: str) -> None:
+        """The caller pressed a key: a ``dtmf`` event, then what the agent's ``dtmf`` rules say."""
         self.last_heard = self._clock.now()
         log.info("dtmf %s", digit, extra=self._extra)
         self.events.emit(EventType.DTMF, digit=digit)
+        try:
+            steps = self._dtmf.key(digit, self._vad.now)
+        except ValueError as exc:  # the transport let a bad key through: ignored, not fatal
+            log.warning("dtmf ignored: %s", exc, extra=self._extra)
+            return
+        await self._on_dtmf(steps)
 
     async def _read_transcripts(self, stt: SttSession) -> None:
         try:
@@ -278,6 +327,9 @@ class Call:
                 if transcript.is_final:
                     self._pending.stt_final = self._clock.now()
                 self.events.emit(EventType.TRANSCRIPT, role="user", text=transcript.text, final=transcript.is_final)
+                if self._voicemail is not None and self._voicemail.active:
+                    heard = self._voicemail.transcript(transcript.text, final=transcript.is_final, now=self._vad.now)
+                    await self._on_voicemail(heard)
                 actions = self._turns.transcript(transcript.text, final=transcript.is_final, now=self._vad.now)
                 if actions:
                     await self._apply(actions)
@@ -337,6 +389,7 @@ class Call:
                         await self._drop_prepared()
                         self._settle(self.context.add(Message("user", text)))
                         self._start_reply(metrics=metrics)
+                    self._silence.caller_spoke()
                 case StopAudio():
                     if self._turn_metrics is not None:
                         self._turn_metrics.interrupted_at = self._clock.now()
@@ -410,7 +463,61 @@ class Call:
         self._turn_metrics = None
         self._settle_reply(interrupted=False)
         if self._hangup is not None:
-            self._spawn_end(*self._hangup)
+            reason, detail = self._hangup
+            if reason is EndReason.TRANSFERRED:
+                self._hand_over(detail)
+            else:
+                self._spawn_end(reason, detail)
+
+    # -- behaviours (silence, duration limit) -------------------------------------------------
+
+    def _caller_silent(self) -> bool:
+        return self._vad.state is Activity.SILENCE and self._turns.state is TurnState.THINKING
+
+    def _floor_free(self) -> bool:
+        """The agent is waiting for the caller: nothing said or under way, nobody talking."""
+        return (
+            self._turns.state is TurnState.LISTENING
+            and self._hangup is None
+            and self.status is CallStatus.ACTIVE
+            and self._vad.state is Activity.SILENCE
+            and not self._reply_task_running()
+        )
+
+    def _poll_behaviours(self) -> Reengage | GiveUp | Warn | SayGoodbye | Cut | None:
+        now = self._clock.now()
+        free = self._floor_free()
+        limit = self._limit
+        if limit is not None and now >= limit.next_due and (due := limit.poll(now, free)) is not None:
+            return due
+        return self._silence.poll(now, free)
+
+    async def _behave(self, due: Reengage | GiveUp | Warn | SayGoodbye | Cut) -> None:
+        match due:
+            case Reengage(text, attempt):
+                log.info("caller silent: re-engaging (attempt %d)", attempt, extra=self._extra)
+                await self._apply(self._turns.agent_speaks())
+                self._start_reply(script=text)
+            case Warn(text):
+                log.info("call duration: warning the caller", extra=self._extra)
+                await self._apply(self._turns.agent_speaks())
+                self._start_reply(script=text)
+            case GiveUp(text):
+                attempts = self._silence.attempts
+                await self._sign_off(EndReason.SILENCE_TIMEOUT, f"no answer after {attempts} re-engagements", text)
+            case SayGoodbye(text):
+                if self._hangup is None:  # else the call is ending after the current reply anyway
+                    await self._sign_off(EndReason.MAX_DURATION, f"limit {self.agent.max_duration_s:g} s", text)
+            case Cut():
+                self._spawn_end(EndReason.MAX_DURATION, "the goodbye was not heard out in time")
+
+    async def _sign_off(self, reason: EndReason, detail: str, goodbye: str) -> None:
+        """Take the floor for good, say ``goodbye`` (the caller cannot talk over it), then end."""
+        log.info("signing off: %s (%s)", reason.value, detail, extra=self._extra)
+        await self._apply(self._turns.sign_off(self._vad.now))
+        await self._abandon_reply()
+        self._hangup = (reason, detail)
+        self._start_reply(script=goodbye)
 
     # -- settled messages (events) ------------------------------------------------------------
 
@@ -516,7 +623,92 @@ class Call:
             self._hangup = (EndReason.TRANSFERRED, destination)
             self._start_reply(script=message)
         else:
-            self._spawn_end(EndReason.TRANSFERRED, destination)
+            self._hand_over(destination)
+
+    async def wait_transfer(self) -> str | None:
+        """Wait for the hand-over under way, if any: None once the call is handed over (it has
+        ended), else why the provider refused (the call goes on, see ``transfer_failed_message``)."""
+        task = self._handover
+        if task is None:
+            return None
+        return await asyncio.shield(task)
+
+    def _hand_over(self, destination: str) -> None:
+        """The announcement, if any, was heard: have the transport hand the call over."""
+        self._hangup = None
+        if self._handover is None or self._handover.done():
+            self._handover = asyncio.create_task(self._run_transfer(destination), name=f"transfer-{self.call_id}")
+
+    async def _run_transfer(self, destination: str) -> str | None:
+        try:
+            await self._transport.transfer(destination)
+        except TransferFailed as exc:
+            why = str(exc)
+        except Exception as exc:  # a transport's bug: the caller is still owed an answer
+            log.exception("transfer failed", extra=self._extra)
+            why = f"{type(exc).__name__}: {exc}"
+        else:
+            await self.end(EndReason.TRANSFERRED, destination)
+            return None
+        self.fault("transfer", why)
+        self.events.emit(EventType.TRANSFER_FAILED, destination=destination, detail=why)
+        if self.status is CallStatus.TRANSFERRING:  # the call carries on: say so
+            self._set_status(CallStatus.ACTIVE)
+            await self._take_floor()
+            self._start_reply(script=self.agent.transfer_failed_message)
+        return why
+
+    async def send_dtmf(self, keys: str) -> None:
+        """Press ``keys`` towards the far end (the ``send_dtmf`` tool: IVR navigation). Raises
+        ``SendDtmfFailed`` when the transport cannot."""
+        self._check_active("send-dtmf")
+        await self._transport.send_dtmf(keys)
+        self.events.emit(EventType.DTMF, sent=keys)
+
+    # -- voicemail and DTMF rules (engine/voicemail.py, engine/dtmf.py) ------------------------
+
+    async def _on_voicemail(self, events: list[AmdEvent]) -> None:
+        config = self.agent.voicemail
+        for event in events:
+            match event:
+                case Verdict(result, reason, at):
+                    self.events.emit(EventType.VOICEMAIL, stage=result, reason=reason, at_s=round(at, 2))
+                    if result == "machine":  # the greeting is no one to talk to: stop, and wait it out
+                        await self._apply(self._turns.sign_off(self._vad.now))
+                        await self._abandon_reply()
+                        if config.action == "hang_up":
+                            self._spawn_end(EndReason.VOICEMAIL, f"machine ({reason}): hung up")
+                case GreetingEnded(how, at):
+                    self.events.emit(EventType.VOICEMAIL, stage="greeting_ended", reason=how, at_s=round(at, 2))
+                    if config.action == "leave_message" and self.status is CallStatus.ACTIVE:
+                        why = self._voicemail.reason if self._voicemail is not None else ""
+                        await self._sign_off(
+                            EndReason.VOICEMAIL, f"machine ({why}): message left after {how}", config.message
+                        )
+
+    async def _on_dtmf(self, steps: list[DtmfStep]) -> None:
+        if self.status is not CallStatus.ACTIVE or self._turns.state is TurnState.CLOSING:
+            return  # ending, handing over, or saying last words: keys change nothing
+        for step in steps:
+            match step:
+                case EntryStarted():  # a key press interrupts the agent
+                    if self._speaking or self._reply_task_running():
+                        await self._take_floor()
+                case Deliver(digits, text, why):
+                    log.info("dtmf entry %s (%s)", digits, why, extra=self._extra)
+                    await self._take_floor()
+                    self._pending = TurnMetrics(user_stopped=self._clock.now())  # latency from the last key
+                    await self._apply([Respond(text)])
+                case KeyAction(key, rule) if rule.action == "transfer" and rule.destination:
+                    try:
+                        await self.transfer(rule.destination, rule.message or None)
+                    except (TransferFailed, CallNotActive) as exc:
+                        self.fault("dtmf", f"key {key}: {exc}")
+                case KeyAction(key, rule):
+                    if rule.message:
+                        await self._sign_off(EndReason.AGENT_HANGUP, f"key {key}", rule.message)
+                    else:
+                        self._spawn_end(EndReason.AGENT_HANGUP, f"key {key}")
 
     async def _take_floor(self) -> None:
         await self._apply(self._turns.interject(self._vad.now))

@@ -15,7 +15,13 @@ Event types and their ``data``:
 - ``speech``: ``{"state": "started" | "stopped", "interrupted"}``, the agent's audio.
 - ``tool_call``: ``{"id", "name", "arguments"}``; ``tool_result``: ``{"id", "name", "result"}``.
 - ``latency``: ``{"turn", ...}`` the turn's per-stage breakdown in ms after the caller stopped.
-- ``dtmf``: ``{"digit"}``; ``fault``: ``{"stage", "detail"}``; ``control``: ``{"command", ...}``.
+- ``dtmf``: ``{"digit"}`` a key the caller pressed, or ``{"sent"}`` keys the agent pressed (``send_dtmf``);
+  ``fault``: ``{"stage", "detail"}``; ``control``: ``{"command", ...}``.
+- ``transfer_failed``: ``{"destination", "detail"}`` the provider refused a transfer; the call goes on
+  (a ``fault`` with stage ``transfer`` comes with it).
+- ``voicemail``: ``{"stage", "reason", "at_s"}`` answering-machine detection on an outbound call:
+  stage ``human``, ``unknown`` or ``machine`` (the verdict), then for a machine ``greeting_ended``
+  (``reason`` ``beep``, ``silence`` or ``timeout``); ``at_s`` is seconds of the callee's audio.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class EventType(enum.StrEnum):
     DTMF = "dtmf"
     FAULT = "fault"
     CONTROL = "control"
+    TRANSFER_FAILED = "transfer_failed"
+    VOICEMAIL = "voicemail"
 
 
 @dataclass(frozen=True, slots=True)

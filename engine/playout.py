@@ -8,6 +8,13 @@ silences the caller at once. If synthesis falls behind, the
 timeline slips (``origin`` moves later) rather than bursting to catch up. Marks placed at phrase
 boundaries and at the end come back when the caller has heard up to them; between marks, what
 was heard is estimated from the timeline and never exceeds what was sent.
+
+With an ambience bed (``AmbienceBed``) the caller hears a background sound throughout: reply
+frames go out with it mixed in, and whenever no reply audio is ready a second task keeps the
+provider's buffer topped up with the ambience alone, like a reply: between ``lead`` less three
+frames and ``lead`` ahead (three frames a wake-up). A reply (or a resumed one) that finds only
+ambience queued clears it first and starts at once; one that finds reply audio still queued
+starts where that ends (``_wire_until``). A synthesis stall mid-reply is filled with ambience.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import logging
 from typing import Protocol
 
 from ringline.config.settings import PlayoutConfig
+from ringline.engine.audio.ambience import AmbienceBed
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.formats import AudioFormat
 from ringline.engine.audio.framing import silence_byte
@@ -34,6 +42,10 @@ FRAMES_PER_WAKE = 2
 
 MARK_GRACE = 2.0
 """Seconds past the expected end of playback after which a missing final mark is given up on."""
+
+BED_FRAMES_PER_WAKE = 3
+"""Ambience frames sent per wake-up of its task: it tops the buffer up to ``lead`` once it holds
+less than ``lead`` less this many frames."""
 
 
 class PlayoutListener(Protocol):
@@ -96,6 +108,13 @@ class Playout:
         self.underruns = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._bed: AmbienceBed | None = None
+        self._bed_task: asyncio.Task[None] | None = None
+        self._wire_until = 0.0
+        """Clock time by which the caller will have heard everything sent so far."""
+        self._reply_until = 0.0
+        """Clock time by which the caller will have heard the reply audio sent so far (what is
+        queued after it is ambience)."""
 
     def _set_state(self, new: PlayoutState) -> None:
         log.debug("playout %s -> %s", self.state.value, new.value, extra={"call_id": self._call_id})
@@ -103,14 +122,19 @@ class Playout:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, ambience: AmbienceBed | None = None) -> None:
+        """Start pacing; with ``ambience``, the caller hears it from now on, under everything."""
         self._task = asyncio.create_task(self._run(), name=f"playout-{self._call_id}")
+        self._bed = ambience
+        if ambience is not None:
+            self._bed_task = asyncio.create_task(self._run_bed(ambience), name=f"ambience-{self._call_id}")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, self._bed_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._bed_task = None
 
     # -- feeding a reply ----------------------------------------------------------------------
 
@@ -160,6 +184,7 @@ class Playout:
         self._epoch += 1
         self._origin = None
         self._set_state(PlayoutState.PAUSED)
+        self._wire_until = self._reply_until = self._clock.now()
         await self._transport.clear()
 
     def resume(self) -> None:
@@ -175,6 +200,7 @@ class Playout:
         self._epoch += 1
         self._set_state(PlayoutState.IDLE)
         if playing:
+            self._wire_until = self._reply_until = self._clock.now()
             await self._transport.clear()
 
     # -- what the caller heard ----------------------------------------------------------------
@@ -238,13 +264,20 @@ class Playout:
                     await self._drained()
                 return
             now = self._clock.now()
-            if self._origin is None:  # a reply starts (or resumes) playing now
+            if self._origin is None and self._bed is not None and self._reply_until <= now < self._wire_until:
+                # Only ambience is queued at the provider: drop it, the reply starts now.
+                self._wire_until = now
                 self._origin = now - self._sent / self._bps
+                await self._transport.clear()
+                continue  # a barge-in may have paused us meanwhile
+            start = max(now, self._wire_until)  # where the caller's buffer runs out
+            if self._origin is None:  # a reply starts (or resumes) playing then
+                self._origin = start - self._sent / self._bps
             play_at = self._origin + self._sent / self._bps
-            if play_at < now:  # synthesis fell behind playback: slip the timeline
+            if play_at < start - _EPSILON:  # synthesis fell behind playback: slip the timeline
                 self.underruns += 1
-                self._origin = now - self._sent / self._bps
-                play_at = now
+                self._origin = start - self._sent / self._bps
+                play_at = start
             if play_at - self._lead > now + _EPSILON:
                 # Not due yet. Wake when the frame after it is due and send both: half the
                 # timer wake-ups, and the provider holds between lead - frame and lead.
@@ -254,6 +287,9 @@ class Playout:
             self._sent += len(chunk)
             if len(chunk) < frame:
                 chunk += self._silence * (frame - len(chunk))
+            if self._bed is not None:
+                chunk = self._bed.mix(chunk)
+            self._wire_until = self._reply_until = play_at + frame / self._bps
             if not self._started:
                 self._started = True
                 self._listener.playout_started()
@@ -262,6 +298,27 @@ class Playout:
             while self._next_mark < len(marks) and marks[self._next_mark] <= self._sent:
                 self._next_mark += 1
                 await self._transport.mark(f"{self._reply}.{self._epoch}.{self._sent}")
+
+    def _reply_ready(self) -> bool:
+        """A reply has audio to send (its pacing loop keeps the buffer filled)."""
+        if self.state is not PlayoutState.PLAYING:
+            return False
+        available = len(self._audio) - self._sent
+        return available >= self._frame or (self._ended and available > 0)
+
+    async def _run_bed(self, bed: AmbienceBed) -> None:
+        """Keep the ambience going whenever no reply audio is ready to go: top the provider's
+        buffer up to ``lead`` ahead once it holds less than ``lead`` less a few frames."""
+        clock, frame, frame_s = self._clock, self._frame, self._frame_s
+        high = max(self._lead, frame_s * BED_FRAMES_PER_WAKE)
+        low = high - frame_s * BED_FRAMES_PER_WAKE
+        while True:
+            now = clock.now()
+            if self._wire_until - now < low + _EPSILON:
+                while (ahead := self._wire_until - now) < high - _EPSILON and not self._reply_ready():
+                    self._wire_until = now + max(ahead, 0.0) + frame_s
+                    await self._transport.send_audio(bed.frame(frame))
+            await clock.sleep_until(max(self._wire_until - low, now + frame_s))
 
     async def _drained(self) -> None:
         self._set_state(PlayoutState.DRAINED)

@@ -23,8 +23,13 @@ class EndReason(enum.Enum):
     """An ``end-call`` control command (or ``say`` with ``end_after``)."""
     TRANSFERRED = "transferred"
     """Handed over to another number or SIP URI (``transfer``); ``end_detail`` is the destination."""
-    TRANSFER_FAILED = "transfer_failed"
-    """The provider refused the transfer; ``end_detail`` says why."""
+    SILENCE_TIMEOUT = "silence_timeout"
+    """The caller stayed silent through every re-engagement (``silence``): the agent said goodbye."""
+    MAX_DURATION = "max_duration"
+    """The call reached ``max_duration_s``: the agent said goodbye."""
+    VOICEMAIL = "voicemail"
+    """An answering machine answered (outbound call): the message was left, or the agent hung up;
+    ``end_detail`` says which and why the call was judged a machine."""
     ERROR = "error"
     """A bug or an unrecoverable provider failure; see the log for the call id."""
 

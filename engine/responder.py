@@ -1,6 +1,8 @@
 """One reply: LLM text -> phrases -> TTS -> playout, with tool calls in between.
 
-``Responder.reply()`` runs as a task the call owns; cancelling it abandons the reply. Whatever
+``Responder.reply()`` runs as a task the call owns; cancelling it abandons the reply. With
+fillers on, a reply that has no phrase ``after_ms`` after it may speak says a filler phrase first
+(its own assistant message, so the context holds what was said). Whatever
 happens, the context ends up holding what the caller actually heard of the reply
 (``truncate_to_heard``) and every tool result, even of tools that finish after an interruption.
 """
@@ -10,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ringline.config.behaviours import FillerConfig
 from ringline.engine.audio.clock import Clock
 from ringline.engine.audio.resample import AudioConverter
 from ringline.engine.chunker import PhraseChunker
@@ -22,7 +25,7 @@ from ringline.engine.failover import FaultSink, LlmUnavailable
 from ringline.engine.llm.base import Context, Llm, Message, TextDelta, ToolCall
 from ringline.engine.metrics import TurnMetrics
 from ringline.engine.playout import Playout
-from ringline.engine.tools import CallControl, ToolRegistry
+from ringline.engine.tools import CallControl, ToolError, ToolPhrases, ToolRegistry
 from ringline.engine.tts.base import Tts
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,11 @@ class Responder:
         apology: str,
         faults: FaultSink,
         call_id: str,
+        fillers: FillerConfig | None = None,
+        caller_silent: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``fillers``: say a filler when a reply is slow (if ``enabled``), and only while
+        ``caller_silent()`` holds."""
         self._llm = llm
         self._tts = tts
         self._registry = registry
@@ -115,6 +122,10 @@ class Responder:
         self._messages: list[Message] = []
         self._go = asyncio.Event()
         """Set when the reply may act (send audio, run tools): at once unless held."""
+        self._fillers = fillers if fillers is not None and fillers.enabled else None
+        self._caller_silent = caller_silent
+        self.fillers_said = 0
+        """Filler phrases said so far (they take ``phrases`` in turn)."""
 
     async def reply(self, metrics: TurnMetrics, script: str | None = None, *, held: bool = False) -> None:
         """Speak a reply: from the LLM, or ``script`` verbatim (first message, ``say``).
@@ -129,6 +140,9 @@ class Responder:
         self._playout.begin(held=held)
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(queue, metrics), name=f"tts-{self._call_id}")
+        filler = None
+        if script is None and self._fillers is not None:
+            filler = asyncio.create_task(self._filler(queue, self._fillers), name=f"filler-{self._call_id}")
         try:
             if script is None:
                 try:
@@ -139,12 +153,26 @@ class Responder:
                     self._faults.fault("llm", f"stream broke: {exc}")
             else:
                 self._say(queue, script)
+            if filler is not None:  # too late for one now: the reply has said all it will
+                filler.cancel()
+                await asyncio.gather(filler, return_exceptions=True)
             queue.put_nowait(None)
             await speaker
         finally:
-            if not speaker.done():
-                speaker.cancel()
-                await asyncio.gather(speaker, return_exceptions=True)
+            for task in (filler, speaker):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+    async def _filler(self, queue: asyncio.Queue[str | None], config: FillerConfig) -> None:
+        """Say a filler if the reply has no phrase ``after_ms`` after it may speak (a held reply:
+        after its release) and the caller is silent then."""
+        await self._go.wait()
+        await self._clock.sleep_until(self._clock.now() + config.after_ms / 1000)
+        if self._phrases or not self._caller_silent():
+            return
+        self._say(queue, config.phrases[self.fillers_said % len(config.phrases)])
+        self.fillers_said += 1
 
     async def _think(self, queue: asyncio.Queue[str | None], metrics: TurnMetrics) -> None:
         tools = self._registry.tools
@@ -171,10 +199,38 @@ class Responder:
                     self._tools.commit_when_done(call, task)
             if not calls:
                 return
-            await asyncio.shield(asyncio.gather(*(task for _, task in calls)))
-            if any(self._registry.ends_reply(call.name) for call, _ in calls):
+            await self._await_tools(queue, calls)
+            if any(self._ends_reply(call, task) for call, task in calls):
                 return
         log.warning("tool rounds exhausted (%d)", self._max_rounds, extra={"call_id": self._call_id})
+
+    def _ends_reply(self, call: ToolCall, task: asyncio.Task[str]) -> bool:
+        """A tool that ends the reply did: unless it failed, when the LLM may say so."""
+        return self._registry.ends_reply(call.name) and not isinstance(task.result(), ToolError)
+
+    async def _await_tools(
+        self, queue: asyncio.Queue[str | None], calls: list[tuple[ToolCall, asyncio.Task[str]]]
+    ) -> None:
+        """Wait for this round's tools (cancelling the wait leaves them running), saying what their
+        ``ToolPhrases`` give: when each starts, when it is slow, when it failed."""
+        phrases = [(task, self._registry.phrases(call.name)) for call, task in calls]
+        narrations = [self._narrate(queue, task, said) for task, said in phrases if said is not None]
+        await asyncio.gather(*narrations, asyncio.shield(asyncio.gather(*(task for _, task in calls))))
+
+    async def _narrate(self, queue: asyncio.Queue[str | None], task: asyncio.Task[str], phrases: ToolPhrases) -> None:
+        if phrases.start:
+            self._say(queue, phrases.start)
+        if phrases.slow and not task.done():
+            timer = asyncio.create_task(self._clock.sleep_until(self._clock.now() + phrases.slow_after_s))
+            try:
+                await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+                await asyncio.gather(timer, return_exceptions=True)
+            if not task.done():
+                self._say(queue, phrases.slow)
+        if phrases.failed and isinstance(await asyncio.shield(task), ToolError):
+            self._say(queue, phrases.failed)
 
     def _say(self, queue: asyncio.Queue[str | None], text: str) -> None:
         message = self._commit(Message("assistant", text))

@@ -10,6 +10,7 @@ actions the call must carry out, in order.
     AGENT_SPEAKING --caller speaks (min_speech[, min_words])--> INTERRUPTED  (audio stopped)
     INTERRUPTED --words--> USER_SPEAKING                          (reply truncated to what was heard)
     INTERRUPTED --no words after the speech--> AGENT_SPEAKING    (false interruption: resume)
+    any --sign_off--> CLOSING                                     (last words: the caller cannot take the floor)
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class TurnState(enum.Enum):
     THINKING = "thinking"
     AGENT_SPEAKING = "agent_speaking"
     INTERRUPTED = "interrupted"
+    CLOSING = "closing"
+    """The agent is saying its last words (a limit's goodbye): nothing the caller does changes
+    the state, and the call ends once they are heard."""
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -131,7 +135,7 @@ class TurnTaker:
 
     def speech_stopped(self, at: float) -> list[Action]:
         self._speaking_since = None
-        if self.state in (TurnState.THINKING, TurnState.AGENT_SPEAKING):
+        if self.state in (TurnState.THINKING, TurnState.AGENT_SPEAKING, TurnState.CLOSING):
             # Too short to take the floor ("mm-hm", a cough): not a turn, forget it.
             self._finals.clear()
             self._interim = ""
@@ -144,6 +148,8 @@ class TurnTaker:
         text = text.strip()
         if final:
             self._finals_due = max(0, self._finals_due - 1)
+        if self.state is TurnState.CLOSING:
+            return []
         if self.state in (TurnState.THINKING, TurnState.AGENT_SPEAKING) and self._speaking_since is None:
             # The late final of a committed turn, or the tail of a sound that did not take the
             # floor: neither belongs to the caller's next turn.
@@ -212,8 +218,15 @@ class TurnTaker:
         if self._speaking_since is not None:
             self._speaking_since = self._voiced_until = now
         actions = self._drop_prepared()
-        if self.state is not TurnState.THINKING:
+        if self.state not in (TurnState.THINKING, TurnState.CLOSING):
             self._set_state(TurnState.THINKING)
+        return actions
+
+    def sign_off(self, now: float) -> list[Action]:
+        """The agent takes the floor for good (a limit's goodbye): like ``interject``, but the
+        caller's speech no longer interrupts, and no turn of theirs is taken from here on."""
+        actions = self.interject(now)
+        self._set_state(TurnState.CLOSING)
         return actions
 
     # -- decisions ----------------------------------------------------------------------------

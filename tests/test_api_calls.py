@@ -26,7 +26,7 @@ from ringline.api.state import JOURNAL, LEDGER
 from ringline.api.store import CallEvent, CallMessage, CallStatus, Direction, Role
 from ringline.api.v1.events import QUEUE_LIMIT, EventFeed
 from ringline.benchmarks.caller import clip_script, run_call
-from ringline.config.settings import Settings, load_settings
+from ringline.config.settings import AgentConfig, Settings, load_settings
 from ringline.engine.call import CallStatus as LiveStatus
 from ringline.engine.events import EventLog, EventType
 from ringline.engine.record import CallRecord, EndReason
@@ -96,6 +96,7 @@ class FakeCall:
         self.status = LiveStatus.ACTIVE
         self.recorder = None
         self.record = CallRecord(call_id, "default", started_at=time.time())
+        self.agent = AgentConfig()
 
     def say(self, role: str, content: str) -> None:
         if role == "user":

@@ -238,18 +238,28 @@ async def test_transfer_with_an_announcement_hands_over_once_it_is_heard(twilio:
         assert twilio.calls[live.sid].twiml == ["<Response><Dial><Sip>sip:desk@pbx.example.com</Sip></Dial></Response>"]
 
 
-async def test_a_transfer_twilio_refuses_answers_502_and_ends_the_call(twilio: FakeTwilioRest) -> None:
+async def test_a_transfer_twilio_refuses_answers_502_and_the_call_goes_on(twilio: FakeTwilioRest) -> None:
     async with running(bench(twilio)) as server:
         key = await server.key("calls:write")
         live = LiveCall(server, listening(new_sid()))
         twilio.add_call(live.sid, status="completed")  # Twilio thinks the call is over
-        await live.active()
+        call = await live.active()
         status, body = await control(server, key, live.sid, type="transfer", destination="+14155550111")
         assert (status, body["code"]) == (502, "upstream_error")
-        assert body["error"].startswith("the transfer to +14155550111 failed and the call was ended: ")
+        assert body["error"].startswith("the transfer to +14155550111 failed, the call goes on: ")
         assert "Call is not in-progress. Cannot redirect." in body["error"]
-        assert (await live.result()).ended_by is EndReason.SERVER_CLOSED
-        assert (await ended(server, live.sid)).end_reason == "transfer_failed"
+        assert call.status is LiveStatus.ACTIVE
+        result = await live.result()
+        assert result.ended_by is EndReason.HANGUP  # the caller heard the apology out, then hung up
+        assert result.greeting.audio_s == pytest.approx(REPLY_S, abs=0.05)
+        assert (await ended(server, live.sid)).end_reason == "caller_hangup"
+        assert await said(server, live.sid) == [(Role.ASSISTANT, "Sorry, I couldn't transfer you.")]
+        events = await server.store.list_events(live.sid)
+        statuses = [e.payload["status"] for e in events if e.type == "status"]
+        assert statuses == ["active", "transferring", "active", "ending", "ended"]
+        (failed,) = [e.payload for e in events if e.type == "transfer_failed"]
+        assert failed["destination"] == "+14155550111" and "Cannot redirect" in failed["detail"]
+        assert [e.payload["stage"] for e in events if e.type == "fault"] == ["transfer"]
 
 
 async def test_transfer_without_twilios_rest_api_is_refused_and_the_call_goes_on() -> None:
@@ -418,6 +428,18 @@ async def test_an_outbound_call_is_placed_through_twilio_and_answered_by_its_age
         messages = await said(server, sid)
         assert messages[0] == (Role.ASSISTANT, "Hello Ada, about order A-17.")
         assert (await server.store.list_calls()).total == 1
+
+
+async def test_a_queued_outbound_call_sends_its_status_update(twilio: FakeTwilioRest) -> None:
+    settings = bench(twilio).model_dump()
+    settings["webhooks"] = {"default_url": "http://127.0.0.1:9/hooks", "secret": "s" * 32}
+    async with running(Settings.model_validate(settings)) as server:
+        _, key = await outbound_setup(server)
+        async with server.post(f"{API}/calls", key=key, json={"to": THEIRS, "from": OURS}) as resp:
+            assert resp.status == 201
+            sid = (await resp.json())["data"]["id"]
+        queued = (await server.store.list_deliveries(call_id=sid)).items
+        assert [(d.type, d.payload["status"]) for d in queued] == [("status-update", "queued")]
 
 
 async def test_an_explicit_agent_a_config_agent_name(twilio: FakeTwilioRest) -> None:

@@ -104,11 +104,12 @@ async def test_agent_provider_keys_are_never_answered_and_environment_keys_never
         "llm": {"provider": "openai", "model": "gpt-4o-mini"},
         "tts": {"provider": "elevenlabs", "api_key": "el-sent-secret", "voice_id": "v1"},
         "tts_fallbacks": [{"provider": "openai", "api_key": "sk-fallback-secret"}, {"provider": "espeak"}],
+        "analysis": {"llm": {"provider": "openai", "api_key": "sk-analysis-secret"}},
     }
     async with api.post(API + "/agents", key=key, json=sent) as resp:
         assert resp.status == 201
         text = await resp.text()
-    for secret in ("sk-from-the-environment", "el-sent-secret", "sk-fallback-secret", "****"):
+    for secret in ("sk-from-the-environment", "el-sent-secret", "sk-fallback-secret", "sk-analysis-secret", "****"):
         assert secret not in text
     agent = orjson.loads(text)["data"]
     assert agent["config"]["tts"]["voice_id"] == "v1" and agent["config"]["llm"]["model"] == "gpt-4o-mini"
@@ -121,6 +122,7 @@ async def test_agent_provider_keys_are_never_answered_and_environment_keys_never
     stored = (await api.store.get_agent(agent["id"])).config
     assert "api_key" not in stored["llm"] and stored["tts"]["api_key"] == "el-sent-secret"
     assert stored["tts_fallbacks"][0]["api_key"] == "sk-fallback-secret"
+    assert stored["analysis"]["llm"]["api_key"] == "sk-analysis-secret"
     assert stored["first_message"] == "Hi."
     # a masked key is taken as not sent
     await ok(api, "PATCH", f"/agents/{agent['id']}", key, {"tts": {"api_key": "**********"}})

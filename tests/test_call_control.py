@@ -193,15 +193,24 @@ async def test_transfer_announces_then_hands_the_call_over(call):
     assert [s["status"] for s in events.of(EventType.STATUS)] == ["active", "transferring", "ending", "ended"]
 
 
-async def test_a_transfer_the_provider_refuses_ends_the_call_with_the_reason(call):
-    d, events = await call()
+async def test_a_transfer_the_provider_refuses_is_told_to_the_caller_and_the_call_goes_on(call):
+    d, events = await call(agent(transfer_failed_message="Sorry, the line is busy."))
     d.phone.refuse_transfer = True
     await d.call.transfer("sip:sales@example.com")
-    await d.until(lambda: d.call.status is CallStatus.ENDED, limit=0.1)
-    assert d.call.record.end_reason is EndReason.TRANSFER_FAILED
-    assert d.call.record.end_detail == "provider refused the transfer to sip:sales@example.com"
-    assert events.of(EventType.FAULT)[-1]["stage"] == "transfer"
-    assert d.phone.hung_up
+    assert await d.call.wait_transfer() == "provider refused the transfer to sip:sales@example.com"
+    assert d.call.status is CallStatus.ACTIVE and not d.phone.hung_up
+    await d.until(lambda: d.call.turn_state is TurnState.LISTENING and d.phone.media_times)
+    assert d.phone.heard_seconds() == pytest.approx(1.0, abs=0.05)  # the apology, heard out
+    assert d.call.transcript() == [{"role": "assistant", "content": "Sorry, the line is busy."}]
+    (fault,) = events.of(EventType.FAULT)
+    assert fault == {"stage": "transfer", "detail": "provider refused the transfer to sip:sales@example.com"}
+    assert events.of(EventType.TRANSFER_FAILED) == [
+        {"destination": "sip:sales@example.com", "detail": "provider refused the transfer to sip:sales@example.com"}
+    ]
+    assert [s["status"] for s in events.of(EventType.STATUS)] == ["active", "transferring", "active"]
+    await d.say(BOOK)  # the conversation carries on
+    await d.until(lambda: d.call.turn_state is TurnState.LISTENING and len(d.call.transcript()) == 3)
+    assert d.call.record.end_reason is None
 
 
 async def test_transfer_on_a_transport_that_cannot_is_refused_before_anything_is_said(call):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from ringline.api.store.analysis import AnalysisTemplate
 from ringline.api.store.records import (
     UNSET,
     Agent,
@@ -203,7 +204,21 @@ class OutboxStore(Protocol):
     async def list_attempts(self, outbox_id: int) -> list[DeliveryAttempt]: ...
 
 
-class Store(KeyStore, ResourceStore, CallStore, OutboxStore, Protocol):
+class AnalysisTemplateStore(Protocol):
+    async def create_analysis_template(self, name: str, config: Json, *, id: str | None = None) -> AnalysisTemplate:
+        """``Conflict`` if a template of that name exists."""
+        ...
+
+    async def get_analysis_template(self, id: str) -> AnalysisTemplate: ...
+    async def find_analysis_template(self, name: str) -> AnalysisTemplate | None: ...
+    async def list_analysis_templates(self, *, limit: int = 100, offset: int = 0) -> Page[AnalysisTemplate]: ...
+    async def update_analysis_template(
+        self, id: str, *, name: str | Unset = UNSET, config: Json | Unset = UNSET
+    ) -> AnalysisTemplate: ...
+    async def delete_analysis_template(self, id: str) -> None: ...
+
+
+class Store(KeyStore, ResourceStore, CallStore, OutboxStore, AnalysisTemplateStore, Protocol):
     """Everything the control API keeps."""
 
     @property

@@ -4,13 +4,14 @@ adapters provide. Each table's code lives in its own module; this puts them toge
 from __future__ import annotations
 
 from ringline.api.store import migrations
+from ringline.api.store.analysis import AnalysisTables
 from ringline.api.store.calls import CallTables
 from ringline.api.store.keys import KeyTables
 from ringline.api.store.outbox import OutboxTables
 from ringline.api.store.resources import ResourceTables
 
 
-class SqlStore(ResourceTables, KeyTables, CallTables, OutboxTables):
+class SqlStore(ResourceTables, KeyTables, CallTables, OutboxTables, AnalysisTables):
     @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgres``."""

@@ -68,13 +68,16 @@ _KEYED = {field: _keyed(union) for field, union in _ROLES.items()}
 
 
 def _provider_tables(doc: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
-    """Each provider table of an agent document, with its path."""
+    """Each provider table of an agent document, with its path (the post-call analysis LLM too)."""
     for field in _ROLES:
         value = doc.get(field)
         if field == "tts_fallbacks" and isinstance(value, list):
             yield from (((field, i), t) for i, t in enumerate(value) if isinstance(t, dict))
         elif isinstance(value, dict):
             yield (field,), value
+    analysis = doc.get("analysis")
+    if isinstance(analysis, dict) and isinstance(analysis.get("llm"), dict):
+        yield ("analysis", "llm"), analysis["llm"]
 
 
 def _at(doc: Any, path: tuple[str | int, ...]) -> Any:
@@ -226,7 +229,8 @@ def _masked_config(doc: dict[str, Any]) -> AgentConfig:
     response drops the placeholders too)."""
     doc = copy.deepcopy(doc)
     for path, table in _provider_tables(doc):
-        if table.get("provider") in _KEYED[str(path[0])]:
+        role = "llm" if path[0] == "analysis" else str(path[0])
+        if table.get("provider") in _KEYED[role]:
             table["api_key"] = "****"
     return AgentConfig.model_validate(doc)
 
@@ -257,10 +261,23 @@ async def _get(store: Store, agent_id: str) -> AgentRow:
         raise NotFound(str(exc)) from None
 
 
+async def _check_tools(store: Store, names: tuple[str, ...]) -> None:
+    """422 unless every one of ``names`` is a tool template, and none is named twice."""
+    problems: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems[f"tools.{i}"] = f"tool {name!r} is listed twice"
+        elif await store.find_tool(name) is None:
+            problems[f"tools.{i}"] = f"no tool template named {name!r}"
+    if problems:
+        raise ValidationFailed("unknown tools", details=problems)
+
+
 @routes.post("/agents", body=AgentCreate, response=Agent, scopes={Scope.AGENTS_WRITE}, status=201)
 async def create_agent(req: ApiRequest[AgentCreate, None]) -> Agent:
     """Create an agent."""
     body = req.body
+    await _check_tools(store_of(req), body.tools)
     row = await store_of(req).create_agent(body.name, body.document, enabled=body.enabled)
     return agent_out(row)
 
@@ -293,6 +310,7 @@ async def update_agent(req: ApiRequest[Any, None]) -> Agent:
         config = AgentCreate.model_validate(doc)
     except ValidationError as exc:
         raise ValidationFailed("invalid agent configuration", details=details(exc)) from None
+    await _check_tools(store, config.tools)
     try:
         row = await store.update_agent(
             agent_id, name=config.name, config=config.document, **({} if enabled is None else {"enabled": enabled})

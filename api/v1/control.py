@@ -45,7 +45,7 @@ from ringline.api.http import (
     parse_phone,
 )
 from ringline.api.routing import agent_for_call
-from ringline.api.state import CALLS, STORE, TWILIO_REST
+from ringline.api.state import CALLS, STORE, TWILIO_REST, WEBHOOKS
 from ringline.api.store import CallStatus, Direction, NumberProvider, Store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
@@ -55,7 +55,6 @@ from ringline.config.settings import Settings
 from ringline.engine.call import Call, CallNotActive
 from ringline.engine.call import CallStatus as LiveStatus
 from ringline.engine.errors import ConfigError
-from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
 from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.twilio.rest import MAX_TWIML, TwilioRestError, stream_twiml
@@ -227,14 +226,17 @@ def _settings(app: ChainMapProxy) -> Settings:
 async def control_call(req: ApiRequest[ControlCommand, None]) -> ControlResult:
     """The call must be in progress on this engine: 409 while it rings, is being transferred or
     ending, and once it has ended. `end-call` and `transfer` without a message answer once the
-    call has ended; a transfer the provider refuses then answers 502 (the call is hung up). A
-    transfer this call cannot make at all (Twilio's REST API not configured) answers 409."""
+    call has ended; a transfer the provider refuses then answers 502, and the call goes on (the
+    agent tells the caller, the call is in progress again, a `transfer_failed` event and a fault
+    are recorded). A transfer this call cannot make at all (Twilio's REST API not configured)
+    answers 409."""
     call_id = req.params["call_id"]
     call = _registry(req.app).get(call_id)
     if call is None:
         raise await _not_live(req.app[STORE], call_id)
     command = req.body.command
     triggered: bool | None = None
+    refused: str | None = None
     try:
         match command:
             case InjectContextCommand():
@@ -248,15 +250,14 @@ async def control_call(req: ApiRequest[ControlCommand, None]) -> ControlResult:
             case TransferCommand():
                 await call.transfer(command.destination, command.message)
                 if command.message is None:
-                    await _until_ended(call)
+                    refused = await _until_transferred(call)
     except CallNotActive:
         raise Conflict(f"call {call_id} is {_LIVE_STATUS[call.status]}, not in progress") from None
     except TransferFailed as exc:
         raise Conflict(f"call {call_id} cannot be transferred: {exc}") from None
+    if isinstance(command, TransferCommand) and refused is not None:
+        raise UpstreamFailed(f"the transfer to {command.destination} failed, the call goes on: {refused}")
     reason = call.record.end_reason if call.status is LiveStatus.ENDED else None
-    if isinstance(command, TransferCommand) and reason is EndReason.TRANSFER_FAILED:
-        why = call.record.end_detail
-        raise UpstreamFailed(f"the transfer to {command.destination} failed and the call was ended: {why}")
     return ControlResult(
         call_id=call_id,
         type=command.type,
@@ -282,6 +283,14 @@ async def _until_ended(call: Call) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(END_WAIT_S):
             await call.wait_ended()
+
+
+async def _until_transferred(call: Call) -> str | None:
+    """Wait for the hand-over: None once done (or still going after ``END_WAIT_S``), else why not."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(END_WAIT_S):
+            return await call.wait_transfer()
+    return None
 
 
 # -- outbound calls --------------------------------------------------------------------------------
@@ -369,7 +378,9 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
         reason = f"{body.from_} is a {number.provider.value} number; outbound calls are placed through Twilio"
         raise ValidationFailed("caller id not on Twilio", details={"from": reason})
     try:
-        agent_id, _ = await agent_for_call(settings, store, {"agent": body.agent_id or number.outbound_agent_id or ""})
+        agent_id, agent = await agent_for_call(
+            settings, store, {"agent": body.agent_id or number.outbound_agent_id or ""}
+        )
     except ConfigError as exc:
         raise ValidationFailed("unknown agent", details={"agent_id": str(exc)}) from None
     twilio = req.app.get(TWILIO_REST)
@@ -403,7 +414,9 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
             to_number=body.to,
             metadata=body.metadata,
             variables=variables,
+            outbox=req.app[WEBHOOKS].status_update(agent),
         )
+        req.app[WEBHOOKS].notify()
     except StoreConflict:  # the media stream started first and recorded the call: add what it lacks
         row = await store.update_call(placed.sid, metadata=body.metadata, variables=variables)
     return call_out(req, row)

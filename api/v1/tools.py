@@ -62,13 +62,28 @@ def is_secret_header(name: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
+class ToolMessages(ApiModel):
+    """What the agent says while a function tool runs."""
+
+    start: str | None = Field(None, min_length=1, max_length=500, description="Said when the tool starts.")
+    slow: str | None = Field(None, min_length=1, max_length=500, description="Said if it runs `slow_after_s`.")
+    slow_after_s: float = Field(3.0, gt=0, le=60)
+    failed: str | None = Field(None, min_length=1, max_length=500, description="Said when it fails or times out.")
+
+
 class FunctionTool(ApiModel):
-    """An HTTP endpoint: the engine sends the LLM's arguments (a JSON body, or the query of a GET)
-    and gives the LLM the response."""
+    """An HTTP endpoint: the engine sends the LLM's arguments (a signed JSON body, or the query of a
+    GET) and gives the LLM the answer (`{"result": ...}`; `{"error": ...}` is a failure)."""
 
     kind: Literal["function"]
     description: str = Field(min_length=1, max_length=2000, description="What it does; the LLM reads this.")
-    url: str = Field(min_length=1, max_length=2000, examples=["https://example.com/tools/lookup"])
+    url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        examples=["https://example.com/tools/lookup"],
+        description="Default: the agent's webhook URL, else the account's (its `tool-calls` events).",
+    )
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[Annotated[str, Field(pattern=_HEADER_NAME)], Annotated[str, Field(max_length=4000)]] = Field(
         default_factory=dict, max_length=50, description="Sent with each request; credentials are masked in responses."
@@ -78,10 +93,13 @@ class FunctionTool(ApiModel):
         default_factory=lambda: {"type": "object", "properties": {}},
         description="A JSON Schema (draft 2020-12) of type object: the arguments the LLM passes.",
     )
+    messages: ToolMessages = Field(default_factory=ToolMessages, description="Said while it runs; default: nothing.")
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             url = URL(value)
         except (ValueError, TypeError):
@@ -171,6 +189,11 @@ def _untagged(error: Any) -> Any:
     """A config error's path without the ``kind`` pydantic puts in (``config.url``, not ``config.function.url``)."""
     loc = error["loc"]
     return {**error, "loc": tuple(p for i, p in enumerate(loc) if not (p in _KINDS and loc[:i] in ((), ("config",))))}
+
+
+def stored_config(row: ToolRow) -> FunctionTool | EndCallTool | TransferCallTool | SendDtmfTool:
+    """A stored tool's configuration (secrets unmasked: for the engine, never for a response)."""
+    return _CONFIG.validate_python({**row.config, "kind": row.kind.value})
 
 
 def _validate_config(doc: Any) -> Any:

@@ -12,6 +12,10 @@ class TransferFailed(RinglineError):
     """The provider did not take the call over to the transfer destination."""
 
 
+class SendDtmfFailed(RinglineError):
+    """The transport could not press DTMF keys towards the far end."""
+
+
 class MediaTransport(Protocol):
     """Outbound half of a provider socket, RTP session or WebRTC track.
 
@@ -47,4 +51,10 @@ class MediaTransport(Protocol):
     async def transfer(self, destination: str) -> None:
         """Hand the call over to ``destination`` (E.164 number or SIP URI) at the provider; the
         media stream then ends. Raises ``TransferFailed`` if the provider refuses."""
+        ...
+
+    async def send_dtmf(self, keys: str) -> None:
+        """Press ``keys`` (0-9, *, #, A-D; ``w`` pauses half a second) towards the far end, after
+        the audio already sent: as signalling where the transport has it (RFC 4733 on RTP), else
+        as in-band tones in the audio. Raises ``SendDtmfFailed`` if it cannot."""
         ...

@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ringline.engine.audio.formats import MULAW_8K, AudioFormat
+from ringline.engine.audio.g711 import ulaw_encode
 from ringline.engine.call import Call
+from ringline.engine.dtmf import tones
 from ringline.engine.errors import RinglineError
 from ringline.engine.record import EndReason
-from ringline.engine.transports.base import TransferFailed
+from ringline.engine.transports.base import SendDtmfFailed, TransferFailed
 from ringline.engine.transports.events import (
     AudioReceived,
     CallStarted,
@@ -77,6 +79,17 @@ class TwilioTransport:
             raise TransferFailed(self.transfer_unavailable or "transfer unavailable")
         await self.transferrer(destination)
         await self.hangup()
+
+    async def send_dtmf(self, keys: str) -> None:
+        """In-band tones, one media message queued after the audio already sent. Media Streams
+        have no outbound ``dtmf`` message, and redirecting the call to ``<Play digits>`` through
+        the REST API would end this stream. Tones in G.711 reach an IVR that listens for them
+        (most do; one that only takes RFC 4733 signalling from a carrier may not)."""
+        try:
+            audio = ulaw_encode(tones(keys, self.format.sample_rate))
+        except ValueError as exc:
+            raise SendDtmfFailed(str(exc)) from None
+        await self._send(self._codec.media(audio))
 
 
 class _Ended(Exception):
@@ -161,7 +174,7 @@ class _TwilioSocket:
                 call.on_mark(event.name)
         elif isinstance(event, DtmfReceived):
             if call is not None:
-                call.on_dtmf(event.digit)
+                await call.on_dtmf(event.digit)
         elif isinstance(event, CallStarted):
             await self._start(event)
         elif isinstance(event, CallStopped):
