@@ -545,3 +545,19 @@ async def test_journal_is_bounded_and_drops_malformed_records(store: Store, capl
     assert (journal.stats.dropped, journal.stats.written) == (2, 2)
     with pytest.raises(ValueError, match="'robot' is not a valid Role"):
         journal.message(call.id, "robot", "x")
+
+
+async def test_a_write_cancelled_at_any_point_leaves_sqlite_usable(tmp_path) -> None:
+    """A task cancelled while its transaction begins, runs or commits (a stopping dispatcher, a
+    timed-out request) must not leave a transaction open for the next writer."""
+    store = await open_store(f"sqlite:///{tmp_path / 'cancel.db'}")
+    try:
+        for yields in range(12):
+            task = asyncio.create_task(store.create_agent(f"cancelled {yields}", {}))
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert (await store.create_agent(f"after {yields}", {})).name == f"after {yields}"
+    finally:
+        await store.close()

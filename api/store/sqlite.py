@@ -141,20 +141,34 @@ class SqliteDb:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:
         async with self._write_lock:
-            with _mapped():
-                await self._writer.execute("BEGIN IMMEDIATE")
+            await self._control("BEGIN IMMEDIATE")
             try:
                 yield _SqliteTx(self._writer)
             except BaseException:
-                with suppress(sqlite3.Error, ValueError):
-                    await self._writer.execute("ROLLBACK")
+                await self._control("ROLLBACK", quiet=True)
                 raise
             try:
-                with _mapped():
-                    await self._writer.execute("COMMIT")
+                await self._control("COMMIT")
             except BaseException:
-                with suppress(sqlite3.Error, ValueError):  # a failed COMMIT leaves the transaction open
-                    await self._writer.execute("ROLLBACK")
+                await self._control("ROLLBACK", quiet=True)  # a failed COMMIT leaves the transaction open
+                raise
+
+    async def _control(self, sql: str, *, quiet: bool = False) -> None:
+        """BEGIN, COMMIT or ROLLBACK, seen through even when the caller is cancelled meanwhile: the
+        statement runs on the connection's thread regardless, and a BEGIN left open would make every
+        later transaction fail ("cannot start a transaction within a transaction")."""
+        done = asyncio.ensure_future(self._writer.execute(sql))
+        try:
+            with _mapped():
+                await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with suppress(sqlite3.Error, ValueError):
+                await done
+            if sql.startswith("BEGIN") and not done.cancelled() and done.exception() is None:
+                await self._control("ROLLBACK", quiet=True)
+            raise
+        except (StoreError, sqlite3.Error, ValueError):
+            if not quiet:
                 raise
 
     async def close(self) -> None:
