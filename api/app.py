@@ -11,11 +11,13 @@ from aiohttp import web
 
 from ringline.api import ops, v1
 from ringline.api.analysis import PostCall
-from ringline.api.http import ApiOptions, EventTokenSigner, setup_api
+from ringline.api.http import ApiOptions, Conflict, EventTokenSigner, NotFound, setup_api
 from ringline.api.ledger import CallLedger
 from ringline.api.routing import agent_for_call
 from ringline.api.state import CALLS, JOURNAL, KEYS, LEDGER, STORE, TWILIO_REST, WEBHOOKS, StoreKeys
 from ringline.api.store import CallJournal, Direction, open_store
+from ringline.api.store import Conflict as StoreConflict
+from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.webhooks import CallWebhooks, WebhookDispatcher, restart_outbox
 from ringline.api.webhooks.assistant import Choice, choose_assistant
 from ringline.api.webhooks.tools import add_agent_tools
@@ -147,7 +149,9 @@ def make_app(
         max_concurrent=api.max_concurrent_requests,
     )
     app[KEYS] = keys = StoreKeys(lambda: app[STORE])
-    api_app = setup_api(app, v1.ROUTES, keys, options=options, tokens=EventTokenSigner(secret.encode()))
+    tokens = EventTokenSigner(secret.encode())
+    errors = {StoreNotFound: NotFound, StoreConflict: Conflict}  # the store's errors, as the API answers them
+    api_app = setup_api(app, v1.ROUTES, keys, options=options, tokens=tokens, errors=errors)
     ops.setup_ops(app, app[CALLS], api_app)  # /health, /ready, /metrics, root /openapi.json and /docs
 
     async def end_calls(app: web.Application) -> None:

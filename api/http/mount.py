@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,7 @@ class ApiState:
     document: dict[str, Any]
     tokens: EventTokenSigner | None
     gate: asyncio.Semaphore
+    errors: Mapping[type[Exception], type[ApiError]]
 
 
 API_STATE = web.AppKey("api_state", ApiState)
@@ -134,6 +135,10 @@ async def _handle(
 
 
 def _error_response(request: web.Request, state: ApiState, exc: Exception) -> web.Response:
+    for kind, error in state.errors.items():
+        if isinstance(exc, kind):
+            exc = error(str(exc))
+            break
     if isinstance(exc, ApiError):
         if (op := request.get(_OPERATION)) is not None and exc.status not in op.error_statuses():
             log.warning("%s %s answered %d, which it does not document", op.method, op.path, exc.status)
@@ -216,11 +221,14 @@ def build_api_app(
     *,
     options: ApiOptions | None = None,
     tokens: EventTokenSigner | None = None,
+    errors: Mapping[type[Exception], type[ApiError]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
 ) -> web.Application:
-    """The API as an application to mount at ``options.prefix``. ``clock`` (monotonic seconds) drives
-    the rate limiters, ``wall`` (Unix seconds) the envelope's timestamps."""
+    """The API as an application to mount at ``options.prefix``. ``errors`` maps the exceptions of
+    the layers below (the store's not-found and conflict) to the API errors they answer as, with
+    their message; ``clock`` (monotonic seconds) drives the rate limiters, ``wall`` (Unix seconds)
+    the envelope's timestamps."""
     options = options or ApiOptions()
     operations = tuple(op for table in routes for op in table)
     seen: dict[str, Operation] = {}
@@ -250,6 +258,7 @@ def build_api_app(
         document=document,
         tokens=tokens,
         gate=asyncio.Semaphore(options.max_concurrent),
+        errors=dict(errors or {}),
     )
     if tokens is not None:
         app[EVENT_TOKENS] = tokens

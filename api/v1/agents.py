@@ -41,7 +41,6 @@ from ringline.api.http.errors import ValidationFailed
 from ringline.api.http.validation import details
 from ringline.api.store import Agent as AgentRow
 from ringline.api.store import CallFilter, CallStatus, Store
-from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.v1.common import is_mask, merge_patch, store_of
 from ringline.config.providers import PROVIDER_TAGS, LlmConfig, SttConfig, TtsConfig
@@ -255,10 +254,7 @@ def _switches_provider(key: str, current: dict[str, Any], new: dict[str, Any]) -
 
 
 async def _get(store: Store, agent_id: str) -> AgentRow:
-    try:
-        return await store.get_agent(agent_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    return await store.get_agent(agent_id)
 
 
 async def _check_tools(store: Store, names: tuple[str, ...]) -> None:
@@ -332,9 +328,4 @@ async def delete_agent(req: ApiRequest[None, None]) -> None:
         live += (await store.list_calls(CallFilter(agent_id=agent_id, status=status), limit=1)).total
     if live:
         raise Conflict(f"agent {agent_id} has {live} live or queued call{'s' * (live > 1)}: end them first")
-    try:
-        await store.delete_agent(agent_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    await store.delete_agent(agent_id)

@@ -106,10 +106,7 @@ def _stored(body: AnalysisTemplateCreate) -> dict[str, Any]:
 
 
 async def _get(store: Store, template_id: str) -> TemplateRow:
-    try:
-        return await store.get_analysis_template(template_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    return await store.get_analysis_template(template_id)
 
 
 async def _agents_naming(store: Store, *names: str) -> list[str]:
@@ -138,10 +135,7 @@ async def create_analysis_template(req: ApiRequest[AnalysisTemplateCreate, None]
     """Create an analysis template.
 
     409 when a template of that name exists."""
-    try:
-        row = await store_of(req).create_analysis_template(req.body.name, _stored(req.body))
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    row = await store_of(req).create_analysis_template(req.body.name, _stored(req.body))
     return template_out(row)
 
 
@@ -210,7 +204,4 @@ async def delete_analysis_template(req: ApiRequest[None, None]) -> None:
     row = await _get(store, req.params["template_id"])
     if users := await _agents_naming(store, row.name, row.id):
         raise Conflict(f"analysis template {row.name!r} is used by agents {', '.join(users)}")
-    try:
-        await store.delete_analysis_template(row.id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    await store.delete_analysis_template(row.id)

@@ -13,10 +13,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, field_validator
 
-from ringline.api.http import ApiModel, ApiRequest, ApiRoutes, ListQuery, NotFound, Page, Scope, generate_key, hash_key
+from ringline.api.http import ApiModel, ApiRequest, ApiRoutes, ListQuery, Page, Scope, generate_key, hash_key
 from ringline.api.state import KEYS
 from ringline.api.store import ApiKey as KeyRow
-from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.store import Store
 from ringline.api.v1.common import store_of
 
@@ -99,10 +98,7 @@ async def list_api_keys(req: ApiRequest[None, ApiKeyQuery]) -> Page[ApiKey]:
 @routes.get("/api-keys/{key_id}", response=ApiKey, scopes={Scope.ADMIN})
 async def get_api_key(req: ApiRequest[None, None]) -> ApiKey:
     """Get an API key (never its secret)."""
-    try:
-        return key_out(await store_of(req).get_api_key(req.params["key_id"]))
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    return key_out(await store_of(req).get_api_key(req.params["key_id"]))
 
 
 @routes.post("/api-keys/{key_id}/revoke", response=ApiKey, scopes={Scope.ADMIN})
@@ -111,10 +107,7 @@ async def revoke_api_key(req: ApiRequest[None, None]) -> ApiKey:
 
     It stops working at once; it stays listed, with `revoked_at`. Revoking it again changes nothing."""
     key_id = req.params["key_id"]
-    try:
-        row = await store_of(req).revoke_api_key(key_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    row = await store_of(req).revoke_api_key(key_id)
     req.app[KEYS].forget(key_id)
     return key_out(row)
 
@@ -125,8 +118,5 @@ async def delete_api_key(req: ApiRequest[None, None]) -> None:
 
     It stops working at once and is no longer listed."""
     key_id = req.params["key_id"]
-    try:
-        await store_of(req).delete_api_key(key_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    await store_of(req).delete_api_key(key_id)
     req.app[KEYS].forget(key_id)

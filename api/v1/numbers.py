@@ -24,10 +24,8 @@ from ringline.api.http import (
     ApiModel,
     ApiRequest,
     ApiRoutes,
-    Conflict,
     CountryCode,
     ListQuery,
-    NotFound,
     Page,
     PhoneNumberError,
     Scope,
@@ -36,7 +34,6 @@ from ringline.api.http import (
 )
 from ringline.api.http.phone import E164_PATTERN
 from ringline.api.http.validation import details
-from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.store import NumberProvider, Store
 from ringline.api.store import PhoneNumber as NumberRow
@@ -150,10 +147,7 @@ async def _check_references(store: Store, **ids: str | None) -> None:
 
 
 async def _get_number(store: Store, number_id: str) -> NumberRow:
-    try:
-        return await store.get_number(number_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    return await store.get_number(number_id)
 
 
 @routes.post(
@@ -171,12 +165,9 @@ async def create_phone_number(req: ApiRequest[PhoneNumberCreate, None]) -> Phone
     body, store = req.body, store_of(req)
     refs = {"inbound_agent_id": body.inbound_agent_id, "outbound_agent_id": body.outbound_agent_id}
     await _check_references(store, **refs, sip_trunk_id=body.sip_trunk_id)
-    try:
-        row = await store.create_number(
-            body.number, body.provider, **refs, sip_trunk_id=body.sip_trunk_id, label=body.label
-        )
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    row = await store.create_number(
+        body.number, body.provider, **refs, sip_trunk_id=body.sip_trunk_id, label=body.label
+    )
     return number_out(row)
 
 
@@ -219,22 +210,14 @@ async def update_phone_number(req: ApiRequest[PhoneNumberUpdate, None]) -> Phone
         )
     refs = {k: v for k, v in changes.items() if k in ("inbound_agent_id", "outbound_agent_id", "sip_trunk_id")}
     await _check_references(store, **refs)
-    try:
-        row = await store.update_number(number_id, **changes)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    row = await store.update_number(number_id, **changes)
     return number_out(row)
 
 
 @routes.delete("/phone-numbers/{number_id}", scopes={Scope.NUMBERS_WRITE})
 async def delete_phone_number(req: ApiRequest[None, None]) -> None:
     """Delete a phone number."""
-    try:
-        await store_of(req).delete_number(req.params["number_id"])
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    await store_of(req).delete_number(req.params["number_id"])
 
 
 # ---- SIP trunks ------------------------------------------------------------------------------
@@ -364,10 +347,7 @@ def trunk_out(row: TrunkRow) -> SipTrunk:
 
 
 async def _get_trunk(store: Store, trunk_id: str) -> TrunkRow:
-    try:
-        return await store.get_sip_trunk(trunk_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    return await store.get_sip_trunk(trunk_id)
 
 
 @trunk_routes.post("/sip-trunks", body=SipTrunkCreate, response=SipTrunk, scopes={Scope.NUMBERS_WRITE}, status=201)
@@ -409,10 +389,7 @@ async def update_sip_trunk(req: ApiRequest[SipTrunkUpdate, None]) -> SipTrunk:
         except ValidationError as exc:
             raise ValidationFailed("invalid SIP trunk configuration", details=details(exc, "config.")) from None
         changes["config"] = config.document()
-    try:
-        row = await store.update_sip_trunk(trunk_id, **changes)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    row = await store.update_sip_trunk(trunk_id, **changes)
     return trunk_out(row)
 
 
@@ -421,9 +398,4 @@ async def delete_sip_trunk(req: ApiRequest[None, None]) -> None:
     """Delete a SIP trunk.
 
     Refused (409) while a phone number uses it."""
-    try:
-        await store_of(req).delete_sip_trunk(req.params["trunk_id"])
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    await store_of(req).delete_sip_trunk(req.params["trunk_id"])

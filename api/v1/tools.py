@@ -26,9 +26,7 @@ from ringline.api.http import (
     ApiModel,
     ApiRequest,
     ApiRoutes,
-    Conflict,
     ListQuery,
-    NotFound,
     Page,
     PhoneNumberError,
     Scope,
@@ -36,8 +34,6 @@ from ringline.api.http import (
     parse_phone,
 )
 from ringline.api.http.validation import details
-from ringline.api.store import Conflict as StoreConflict
-from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.store import Store, ToolKind
 from ringline.api.store import ToolTemplate as ToolRow
 from ringline.api.v1.common import field_error, is_mask, merge_patch, omitted, store_of
@@ -281,10 +277,7 @@ def _stored(config: Any) -> tuple[ToolKind, dict[str, Any]]:
 
 
 async def _get(store: Store, tool_id: str) -> ToolRow:
-    try:
-        return await store.get_tool(tool_id)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    return await store.get_tool(tool_id)
 
 
 @routes.post(
@@ -296,10 +289,7 @@ async def create_tool(req: ApiRequest[ToolTemplateCreate, None]) -> ToolTemplate
     409 when a tool of that name exists."""
     _unmasked_headers(req.body.config.model_dump(), {})
     kind, config = _stored(req.body.config)
-    try:
-        row = await store_of(req).create_tool(req.body.name, kind, config)
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    row = await store_of(req).create_tool(req.body.name, kind, config)
     return tool_out(row)
 
 
@@ -338,19 +328,11 @@ async def update_tool(req: ApiRequest[ToolTemplateUpdate, None]) -> ToolTemplate
         except ValidationError as exc:
             raise ValidationFailed("invalid tool configuration", details=details(exc, "config.")) from None
         changes["kind"], changes["config"] = _stored(config)
-    try:
-        row = await store.update_tool(tool_id, **changes)
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
-    except StoreConflict as exc:
-        raise Conflict(str(exc)) from None
+    row = await store.update_tool(tool_id, **changes)
     return tool_out(row)
 
 
 @routes.delete("/tools/{tool_id}", scopes={Scope.TOOLS_WRITE})
 async def delete_tool(req: ApiRequest[None, None]) -> None:
     """Delete a tool template."""
-    try:
-        await store_of(req).delete_tool(req.params["tool_id"])
-    except StoreNotFound as exc:
-        raise NotFound(str(exc)) from None
+    await store_of(req).delete_tool(req.params["tool_id"])
