@@ -15,28 +15,15 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 from aiohttp import web
 
 from ringline.api.http.errors import Unauthorized
+from ringline.api.scopes import Scope
 
 KEY_PREFIX = "rl_"
 _KEY_FORMAT = re.compile(r"rl_[A-Za-z0-9_-]{43}")
-
-
-class Scope(StrEnum):
-    AGENTS_READ = "agents:read"
-    AGENTS_WRITE = "agents:write"
-    CALLS_READ = "calls:read"
-    CALLS_WRITE = "calls:write"
-    NUMBERS_READ = "numbers:read"
-    NUMBERS_WRITE = "numbers:write"
-    TOOLS_READ = "tools:read"
-    TOOLS_WRITE = "tools:write"
-    ADMIN = "admin"
-    """Implies every other scope."""
 
 
 ALL_SCOPES = frozenset(s.value for s in Scope)

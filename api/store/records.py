@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeAlias, TypeVar
 
+from ringline.api.scopes import Scope  # noqa: F401  (re-exported: the store keeps scopes)
+
 T = TypeVar("T")
 Json: TypeAlias = dict[str, Any]
 
@@ -31,18 +33,6 @@ def utcnow() -> datetime:
 def new_id(prefix: str) -> str:
     """A random id such as ``agt_3f2a...`` (the prefix tells what it names)."""
     return f"{prefix}_{secrets.token_hex(12)}"
-
-
-class Scope(enum.StrEnum):
-    AGENTS_READ = "agents:read"
-    AGENTS_WRITE = "agents:write"
-    CALLS_READ = "calls:read"
-    CALLS_WRITE = "calls:write"
-    NUMBERS_READ = "numbers:read"
-    NUMBERS_WRITE = "numbers:write"
-    TOOLS_READ = "tools:read"
-    TOOLS_WRITE = "tools:write"
-    ADMIN = "admin"
 
 
 class NumberProvider(enum.StrEnum):
