@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +40,7 @@ from typing import Any
 
 import psutil
 
-from ringline.benchmarks.concurrency import REPO, pin, started_server
+from ringline.benchmarks.concurrency import REPO, pin, started_server, stop_process
 from ringline.benchmarks.latency import STAGES, markdown, measure_calls, toml_text
 
 READY_TIMEOUT_S = 30.0
@@ -104,17 +102,7 @@ def started_vendors(options: list[str], core: int | None) -> Iterator[tuple[dict
         yield json.loads(line), proc.pid
         ok = True
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
-        if ok:
-            os.unlink(log_file.name)
-        else:
-            print(f"vendor log kept: {log_file.name}", file=sys.stderr)
+        stop_process(proc, log_file, keep_log=not ok, what="vendor")
 
 
 class CpuMeter:

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from ringline.benchmarks.caller import is_loopback_url
@@ -135,18 +135,23 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
         yield f"ws://127.0.0.1:{port}/media/twilio", proc.pid  # taskset execs: same pid
         ok = True
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
+        stop_process(proc, log_file, keep_log=not ok, what="server")
         data_dir.cleanup()
-        if ok:
-            os.unlink(log_file.name)
-        else:
-            print(f"server log kept: {log_file.name}", file=sys.stderr)
+
+
+def stop_process(proc: subprocess.Popen[bytes], log_file: IO[bytes], *, keep_log: bool, what: str) -> None:
+    """SIGTERM (SIGKILL after 15 s) a process this benchmark started; its log is deleted unless kept."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log_file.close()
+    if keep_log:
+        print(f"{what} log kept: {log_file.name}", file=sys.stderr)
+    else:
+        os.unlink(log_file.name)
 
 
 def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_calls: bool = False) -> dict[str, Any]:

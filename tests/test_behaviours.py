@@ -26,13 +26,14 @@ from ringline.engine.behaviours.limits import HARD_STOP_GRACE_S, Cut, DurationLi
 from ringline.engine.behaviours.silence import GiveUp, Reengage, SilenceState, SilenceWatch
 from ringline.engine.call import CallStatus
 from ringline.engine.errors import ConfigError
-from ringline.engine.events import CallEvent, EventType
+from ringline.engine.events import EventType
 from ringline.engine.llm.base import Tool
 from ringline.engine.record import EndReason
 from ringline.engine.tools import default_registry
 from ringline.engine.turns import TurnState
 from tests.helpers import CallDriver
 from tests.test_call import agent
+from tests.test_call_control import Events
 from tests.test_server_loopback import serve, settings  # noqa: F401  (serve is a fixture)
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,17 +42,6 @@ BOOK = load_clip("book_table.wav")
 PRICES = load_clip("prices.wav")
 MMHM = load_clip(SHORT_CLIP)
 QUIET = {"silence.enabled": False}
-
-
-class Events:
-    def __init__(self) -> None:
-        self.seen: list[CallEvent] = []
-
-    def on_event(self, event: CallEvent) -> None:
-        self.seen.append(event)
-
-    def of(self, type: EventType) -> list[dict]:
-        return [dict(e.data) for e in self.seen if e.type is type]
 
 
 @pytest.fixture

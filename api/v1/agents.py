@@ -253,10 +253,6 @@ def _switches_provider(key: str, current: dict[str, Any], new: dict[str, Any]) -
     return key in _ROLES and new.get("provider", current.get("provider")) != current.get("provider")
 
 
-async def _get(store: Store, agent_id: str) -> AgentRow:
-    return await store.get_agent(agent_id)
-
-
 async def _check_tools(store: Store, names: tuple[str, ...]) -> None:
     """422 unless every one of ``names`` is a tool template, and none is named twice."""
     problems: dict[str, str] = {}
@@ -289,7 +285,7 @@ async def list_agents(req: ApiRequest[None, AgentQuery]) -> Page[Agent]:
 @routes.get("/agents/{agent_id}", response=Agent, scopes={Scope.AGENTS_READ})
 async def get_agent(req: ApiRequest[None, None]) -> Agent:
     """Get an agent."""
-    return agent_out(await _get(store_of(req), req.params["agent_id"]))
+    return agent_out(await store_of(req).get_agent(req.params["agent_id"]))
 
 
 @routes.patch("/agents/{agent_id}", body=AgentUpdate, response=Agent, scopes={Scope.AGENTS_WRITE})
@@ -298,7 +294,7 @@ async def update_agent(req: ApiRequest[Any, None]) -> Agent:
 
     A JSON merge patch of its configuration: only the fields sent change."""
     store, agent_id = store_of(req), req.params["agent_id"]
-    row = await _get(store, agent_id)
+    row = await store.get_agent(agent_id)
     patch = req.body.model_dump(include=req.body.model_fields_set)
     enabled = patch.pop("enabled", None)
     doc = merge_patch(row.config, keys_kept(patch, row.config), replaces=_switches_provider)
@@ -322,7 +318,7 @@ async def delete_agent(req: ApiRequest[None, None]) -> None:
 
     Refused (409) while a phone number is assigned to it or a call of it is live or queued."""
     store, agent_id = store_of(req), req.params["agent_id"]
-    await _get(store, agent_id)
+    await store.get_agent(agent_id)
     live = 0
     for status in LIVE:
         live += (await store.list_calls(CallFilter(agent_id=agent_id, status=status), limit=1)).total

@@ -105,10 +105,6 @@ def _stored(body: AnalysisTemplateCreate) -> dict[str, Any]:
     return body.model_dump(mode="json", exclude={"name"}, exclude_none=True)
 
 
-async def _get(store: Store, template_id: str) -> TemplateRow:
-    return await store.get_analysis_template(template_id)
-
-
 async def _agents_naming(store: Store, *names: str) -> list[str]:
     """The API agents whose ``analysis.template`` is one of ``names``."""
     found, offset = [], 0
@@ -155,7 +151,7 @@ async def list_analysis_templates(req: ApiRequest[None, AnalysisTemplateQuery]) 
 @routes.get("/analysis-templates/{template_id}", response=AnalysisTemplate, scopes={Scope.AGENTS_READ})
 async def get_analysis_template(req: ApiRequest[None, None]) -> AnalysisTemplate:
     """Get an analysis template."""
-    return template_out(await _get(store_of(req), req.params["template_id"]))
+    return template_out(await store_of(req).get_analysis_template(req.params["template_id"]))
 
 
 @routes.patch(
@@ -170,7 +166,7 @@ async def update_analysis_template(req: ApiRequest[AnalysisTemplateUpdate, None]
 
     409 when another template has the new name, or an agent names this one by its old name."""
     store, template_id, body = store_of(req), req.params["template_id"], req.body
-    row = await _get(store, template_id)
+    row = await store.get_analysis_template(template_id)
     sent = body.model_dump(mode="json", include=body.model_fields_set)
     if "name" in sent and sent["name"] is None:
         raise ValidationFailed("invalid request body", details={"name": "may not be null"})
@@ -201,7 +197,7 @@ async def delete_analysis_template(req: ApiRequest[None, None]) -> None:
 
     Refused (409) while an API agent uses it (by name or id)."""
     store = store_of(req)
-    row = await _get(store, req.params["template_id"])
+    row = await store.get_analysis_template(req.params["template_id"])
     if users := await _agents_naming(store, row.name, row.id):
         raise Conflict(f"analysis template {row.name!r} is used by agents {', '.join(users)}")
     await store.delete_analysis_template(row.id)

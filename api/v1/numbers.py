@@ -146,10 +146,6 @@ async def _check_references(store: Store, **ids: str | None) -> None:
         raise ValidationFailed("a referenced agent or SIP trunk does not exist", details=missing)
 
 
-async def _get_number(store: Store, number_id: str) -> NumberRow:
-    return await store.get_number(number_id)
-
-
 @routes.post(
     "/phone-numbers",
     body=PhoneNumberCreate,
@@ -182,7 +178,7 @@ async def list_phone_numbers(req: ApiRequest[None, PhoneNumberQuery]) -> Page[Ph
 @routes.get("/phone-numbers/{number_id}", response=PhoneNumber, scopes={Scope.NUMBERS_READ})
 async def get_phone_number(req: ApiRequest[None, None]) -> PhoneNumber:
     """Get a phone number."""
-    return number_out(await _get_number(store_of(req), req.params["number_id"]))
+    return number_out(await store_of(req).get_number(req.params["number_id"]))
 
 
 @routes.patch(
@@ -197,7 +193,7 @@ async def update_phone_number(req: ApiRequest[PhoneNumberUpdate, None]) -> Phone
 
     Only the fields sent change. 409 when the new number is registered already."""
     store, number_id, body = store_of(req), req.params["number_id"], req.body
-    row = await _get_number(store, number_id)
+    row = await store.get_number(number_id)
     sent = body.model_fields_set - {"country"}
     changes: dict[str, Any] = {name: getattr(body, name) for name in sent}
     provider = changes.get("provider", row.provider)
@@ -346,10 +342,6 @@ def trunk_out(row: TrunkRow) -> SipTrunk:
     return SipTrunk(id=row.id, name=row.name, config=settings, created_at=row.created_at, updated_at=row.updated_at)
 
 
-async def _get_trunk(store: Store, trunk_id: str) -> TrunkRow:
-    return await store.get_sip_trunk(trunk_id)
-
-
 @trunk_routes.post("/sip-trunks", body=SipTrunkCreate, response=SipTrunk, scopes={Scope.NUMBERS_WRITE}, status=201)
 async def create_sip_trunk(req: ApiRequest[SipTrunkCreate, None]) -> SipTrunk:
     """Create a SIP trunk."""
@@ -367,7 +359,7 @@ async def list_sip_trunks(req: ApiRequest[None, SipTrunkQuery]) -> Page[SipTrunk
 @trunk_routes.get("/sip-trunks/{trunk_id}", response=SipTrunk, scopes={Scope.NUMBERS_READ})
 async def get_sip_trunk(req: ApiRequest[None, None]) -> SipTrunk:
     """Get a SIP trunk."""
-    return trunk_out(await _get_trunk(store_of(req), req.params["trunk_id"]))
+    return trunk_out(await store_of(req).get_sip_trunk(req.params["trunk_id"]))
 
 
 @trunk_routes.patch("/sip-trunks/{trunk_id}", body=SipTrunkUpdate, response=SipTrunk, scopes={Scope.NUMBERS_WRITE})
@@ -376,7 +368,7 @@ async def update_sip_trunk(req: ApiRequest[SipTrunkUpdate, None]) -> SipTrunk:
 
     A masked `password` (`****`) keeps the current one."""
     store, trunk_id, body = store_of(req), req.params["trunk_id"], req.body
-    row = await _get_trunk(store, trunk_id)
+    row = await store.get_sip_trunk(trunk_id)
     if "name" in body.model_fields_set and body.name is None:
         raise ValidationFailed("invalid request body", details={"name": "may not be null"})
     changes: dict[str, Any] = {"name": body.name} if body.name is not None else {}

@@ -34,7 +34,7 @@ from ringline.api.http import (
     parse_phone,
 )
 from ringline.api.http.validation import details
-from ringline.api.store import Store, ToolKind
+from ringline.api.store import ToolKind
 from ringline.api.store import ToolTemplate as ToolRow
 from ringline.api.v1.common import field_error, is_mask, merge_patch, omitted, store_of
 
@@ -276,10 +276,6 @@ def _stored(config: Any) -> tuple[ToolKind, dict[str, Any]]:
     return ToolKind(doc.pop("kind")), doc
 
 
-async def _get(store: Store, tool_id: str) -> ToolRow:
-    return await store.get_tool(tool_id)
-
-
 @routes.post(
     "/tools", body=ToolTemplateCreate, response=ToolTemplate, scopes={Scope.TOOLS_WRITE}, status=201, errors={409}
 )
@@ -303,7 +299,7 @@ async def list_tools(req: ApiRequest[None, ToolQuery]) -> Page[ToolTemplate]:
 @routes.get("/tools/{tool_id}", response=ToolTemplate, scopes={Scope.TOOLS_READ})
 async def get_tool(req: ApiRequest[None, None]) -> ToolTemplate:
     """Get a tool template."""
-    return tool_out(await _get(store_of(req), req.params["tool_id"]))
+    return tool_out(await store_of(req).get_tool(req.params["tool_id"]))
 
 
 @routes.patch(
@@ -314,7 +310,7 @@ async def update_tool(req: ApiRequest[ToolTemplateUpdate, None]) -> ToolTemplate
 
     409 when another tool has the new name."""
     store, tool_id, body = store_of(req), req.params["tool_id"], req.body
-    row = await _get(store, tool_id)
+    row = await store.get_tool(tool_id)
     if "name" in body.model_fields_set and body.name is None:
         raise ValidationFailed("invalid request body", details={"name": "may not be null"})
     changes: dict[str, Any] = {"name": body.name} if body.name is not None else {}
