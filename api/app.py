@@ -13,37 +13,36 @@ from ringline.api import ops, v1
 from ringline.api.analysis import PostCall
 from ringline.api.http import ApiOptions, Conflict, EventTokenSigner, NotFound, setup_api
 from ringline.api.ledger import CallLedger
-from ringline.api.routing import agent_for_call
-from ringline.api.state import CALLS, JOURNAL, KEYS, LEDGER, STORE, TWILIO_REST, WEBHOOKS, StoreKeys
-from ringline.api.store import CallJournal, Direction, open_store
+from ringline.api.media import media_socket
+from ringline.api.state import (
+    CALLS,
+    CLIENTS,
+    CONTROLS,
+    JOURNAL,
+    KEYS,
+    LEDGER,
+    SETTINGS,
+    STORE,
+    TOOLS,
+    TWILIO_REST,
+    WEBHOOKS,
+    StoreKeys,
+    ToolsFactory,
+)
+from ringline.api.store import CallJournal, open_store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.webhooks import CallWebhooks, WebhookDispatcher, restart_outbox
-from ringline.api.webhooks.assistant import Choice, choose_assistant
-from ringline.api.webhooks.tools import add_agent_tools
 from ringline.config.settings import AgentConfig, Settings
-from ringline.config.templates import for_call
 from ringline.engine.audio.clock import LoopClock
-from ringline.engine.call import Call
 from ringline.engine.clients import HttpClients
-from ringline.engine.http_tools import CallDetails
-from ringline.engine.providers import build_providers, warm_up
+from ringline.engine.providers import warm_up
 from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
 from ringline.engine.tools import ToolRegistry, default_registry
-from ringline.engine.transports.events import CallStarted
 from ringline.engine.transports.twilio.rest import TwilioRest
-from ringline.engine.transports.twilio.ws import TwilioTransport, serve_twilio
 
 log = logging.getLogger(__name__)
-
-ToolsFactory = Callable[[str, AgentConfig], ToolRegistry]
-"""The tools of a new call, given its agent's name and config (host applications add Python tools)."""
-
-SETTINGS = web.AppKey("settings", Settings)
-TOOLS = web.AppKey("tools", ToolsFactory)
-CLIENTS = web.AppKey("clients", HttpClients)
-"""The cloud providers' HTTP clients, shared by every call; opened and closed by ``_http_clients``."""
 
 routes = web.RouteTableDef()
 
@@ -63,66 +62,6 @@ async def call_record(request: web.Request) -> web.Response:
     return web.json_response({"error": {"code": "not_found", "message": f"no call {call_id}"}}, status=404)
 
 
-@routes.get("/media/twilio")
-async def twilio_media(request: web.Request) -> web.WebSocketResponse:
-    settings = request.app[SETTINGS]
-    calls = request.app[CALLS]
-    server = settings.server
-    ws = web.WebSocketResponse(
-        max_msg_size=server.max_message_bytes,
-        timeout=server.close_timeout_s,
-        compress=False,  # audio does not deflate; don't spend CPU trying
-    )
-    await ws.prepare(request)
-    clock = LoopClock()
-    created: list[Call] = []
-
-    async def make_call(started: CallStarted, transport: TwilioTransport) -> Call:
-        params, store, clients = started.parameters, request.app[STORE], request.app[CLIENTS]
-        agent_id, agent = await agent_for_call(settings, store, params)
-        variables = {k.removeprefix("var_"): v for k, v in params.items() if k.startswith("var_")}
-        direction = Direction.OUTBOUND if params.get("direction") == "outbound" else Direction.INBOUND
-        faults: list[tuple[str, str]] = []
-        if direction is Direction.INBOUND:  # the assistant-request webhook may choose another agent
-            choice = await choose_assistant(settings, store, clients, started, Choice(agent_id, agent, variables))
-            agent_id, agent, variables = choice.agent_id, choice.agent, choice.variables
-            faults += [("assistant-request", choice.fault)] if choice.fault else []
-        agent = for_call(agent, variables)
-        providers = build_providers(agent, clock, clients)
-        tools = request.app[TOOLS](agent_id, agent)
-        caller, called = params.get("from", ""), params.get("to", "")
-        details = CallDetails(started.call_id, agent_id, direction.value, caller, called, variables=variables)
-        problems = await add_agent_tools(tools, settings, store, clients, agent, details)
-        faults += [("tools", problem) for problem in problems]
-        if (twilio := request.app.get(TWILIO_REST)) is not None:
-            transport.transferrer = twilio.transferrer(started.call_id)
-        outbound = direction is Direction.OUTBOUND
-        call = Call(started.call_id, agent_id, agent, transport, providers, clock, registry=tools, outbound=outbound)
-        await request.app[LEDGER].opened(
-            call,
-            agent_id=agent_id,
-            direction=direction,
-            from_number=params.get("from", ""),
-            to_number=params.get("to", ""),
-            variables=variables,
-        )
-        for stage, detail in faults:  # now that the ledger records them
-            call.fault(stage, detail)
-        calls.add(call)
-        ops.watch_call(request.app, call)
-        created.append(call)
-        return call
-
-    try:
-        await serve_twilio(
-            ws, make_call, max_errors=server.max_protocol_errors, start_timeout=server.media_idle_timeout_s
-        )
-    finally:
-        for call in created:
-            calls.finish(call)
-    return ws
-
-
 def make_app(
     settings: Settings,
     *,
@@ -136,7 +75,9 @@ def make_app(
     app[CALLS] = CallRegistry()
     app[TOOLS] = tools or _builtin_tools
     app[WEBHOOKS] = CallWebhooks(settings)
+    app[CONTROLS] = {}
     app.add_routes(routes)
+    app.router.add_get("/media/{provider}", media_socket)
     if settings.server.debug_records:
         app.router.add_get("/calls/{call_id}", call_record)
     api = settings.api
@@ -189,6 +130,7 @@ async def _twilio_rest(app: web.Application) -> AsyncIterator[None]:
     )
     async with twilio:
         app[TWILIO_REST] = twilio
+        app[CONTROLS]["twilio"] = twilio
         yield
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 
@@ -13,10 +14,34 @@ from ringline.api.http import Principal
 from ringline.api.ledger import CallLedger
 from ringline.api.store import ApiKey, CallJournal, Store, StoreError
 from ringline.api.webhooks.targets import CallWebhooks
+from ringline.config.settings import AgentConfig, Settings
+from ringline.engine.clients import HttpClients
 from ringline.engine.registry import CallRegistry
+from ringline.engine.tools import ToolRegistry
+from ringline.engine.transports.socket import Transferrer
 from ringline.engine.transports.twilio.rest import TwilioRest
 
 log = logging.getLogger(__name__)
+
+ToolsFactory = Callable[[str, AgentConfig], ToolRegistry]
+"""The tools of a new call, given its agent's name and config (host applications add Python tools)."""
+
+SETTINGS = web.AppKey("settings", Settings)
+TOOLS = web.AppKey("tools", ToolsFactory)
+CLIENTS = web.AppKey("clients", HttpClients)
+"""The cloud providers' HTTP clients, shared by every call; opened and closed by ``_http_clients``."""
+
+
+class CallControl(Protocol):
+    """A provider's REST call control, as far as a live call needs it."""
+
+    def transferrer(self, call_id: str) -> Transferrer:
+        """What hands call ``call_id`` over to a destination."""
+        ...
+
+
+CONTROLS = web.AppKey("controls", dict[str, CallControl])
+"""Call control per provider name (``twilio``, ...), for those configured."""
 
 CALLS = web.AppKey("calls", CallRegistry)
 """The calls live in this process."""

@@ -270,8 +270,8 @@ async def test_transfer_without_twilios_rest_api_is_refused_and_the_call_goes_on
         status, body = await control(server, key, live.sid, type="transfer", destination="+14155550111")
         assert (status, body["code"]) == (409, "conflict")
         assert body["error"] == (
-            f"call {live.sid} cannot be transferred: transfer on Twilio needs its REST API: "
-            "set [telephony.twilio] account_sid and auth_token"
+            f"call {live.sid} cannot be transferred: transfer on twilio needs its REST API: "
+            "configure [telephony.twilio]"
         )
         assert call.status is LiveStatus.ACTIVE
         assert (await live.result()).ended_by is EndReason.HANGUP

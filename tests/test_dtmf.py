@@ -30,8 +30,8 @@ from ringline.engine.providers import build_providers
 from ringline.engine.record import EndReason
 from ringline.engine.tools import ToolRegistry, default_registry, send_dtmf_tool
 from ringline.engine.transports.base import SendDtmfFailed
+from ringline.engine.transports.socket import SocketTransport
 from ringline.engine.transports.twilio.codec import TwilioStream
-from ringline.engine.transports.twilio.ws import TwilioTransport
 from ringline.engine.turns import TurnState
 from tests.api_fixtures import running
 from tests.helpers import CallDriver, Phone
@@ -308,7 +308,7 @@ async def test_keys_the_agent_sends_are_in_its_recorded_track(tmp_path: Path) ->
 
 
 class Socket:
-    """What ``TwilioTransport`` needs of an aiohttp WebSocketResponse."""
+    """What ``SocketTransport`` needs of an aiohttp WebSocketResponse."""
 
     closed = False
 
@@ -324,7 +324,7 @@ async def test_twilio_sends_keys_as_in_band_tones_in_one_media_message() -> None
     start = {"event": "start", "streamSid": "MZ1", "start": {"streamSid": "MZ1", "callSid": "CA1"}}
     codec.feed(orjson.dumps(start))
     socket = Socket()
-    transport = TwilioTransport(socket, codec)  # type: ignore[arg-type]
+    transport = SocketTransport(socket, codec)  # type: ignore[arg-type]
     await transport.send_dtmf("90*")
     (message,) = socket.sent
     body = orjson.loads(message)

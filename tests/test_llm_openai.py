@@ -12,7 +12,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from ringline.api.app import CALLS, CLIENTS, make_app
+from ringline.api.app import make_app
+from ringline.api.state import CALLS, CLIENTS
 from ringline.benchmarks.caller import clip_script, run_call
 from ringline.benchmarks.vendors.openai import FakeOpenAi, Script, ScriptedToolCall
 from ringline.config.providers import FakeLlmConfig, OpenAiLlmConfig

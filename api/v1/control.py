@@ -209,7 +209,7 @@ def _registry(app: ChainMapProxy) -> CallRegistry:
 
 
 def _settings(app: ChainMapProxy) -> Settings:
-    from ringline.api.app import SETTINGS
+    from ringline.api.state import SETTINGS
 
     return app[SETTINGS]
 

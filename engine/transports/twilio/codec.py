@@ -49,8 +49,9 @@ class StreamState(enum.Enum):
 
 
 class TwilioStream:
-    """One Twilio media stream's protocol state."""
+    """One Twilio media stream's protocol state (a ``MediaCodec``)."""
 
+    name = "twilio"
     format: AudioFormat = MULAW_8K
 
     def __init__(self) -> None:
@@ -86,6 +87,9 @@ class TwilioStream:
         if event == "connected":
             return None
         raise TwilioProtocolError(f"unknown event {event!r}" if isinstance(event, str) else "missing event")
+
+    def feed_binary(self, data: bytes) -> InboundEvent | None:
+        raise TwilioProtocolError("unexpected binary message")
 
     def _require_streaming(self, msg: dict, event: str) -> None:
         if self.state is not StreamState.STREAMING:
@@ -173,10 +177,10 @@ class TwilioStream:
         # A template, not a JSON encoder: streamSid was validated and base64 needs no escaping.
         return self._media_prefix + b64encode(payload).decode("ascii") + '"}}'
 
-    def mark(self, name: str) -> str:
+    def mark(self, name: str) -> list[str]:
         if not _MARK_NAME.fullmatch(name):
             raise ValueError(f"invalid mark name {name!r}")
-        return f'{{"event":"mark","streamSid":"{self.stream_sid}","mark":{{"name":"{name}"}}}}'
+        return [f'{{"event":"mark","streamSid":"{self.stream_sid}","mark":{{"name":"{name}"}}}}']
 
-    def clear(self) -> str:
-        return f'{{"event":"clear","streamSid":"{self.stream_sid}"}}'
+    def clear(self) -> list[str]:
+        return [f'{{"event":"clear","streamSid":"{self.stream_sid}"}}']

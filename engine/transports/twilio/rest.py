@@ -215,7 +215,7 @@ class TwilioRest:
         return TwilioCall.parse(await self._post(f"{self._calls_url}/{call_sid}.json", [("Twiml", twiml)]))
 
     def transferrer(self, call_sid: str) -> Callable[[str], Awaitable[None]]:
-        """What ``TwilioTransport.transferrer`` wants for call ``call_sid``: redirect it to a
+        """What ``SocketTransport.transferrer`` wants for call ``call_sid``: redirect it to a
         destination, raising ``TransferFailed`` with Twilio's reason if it refuses."""
 
         async def transfer(destination: str) -> None:
