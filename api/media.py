@@ -25,13 +25,21 @@ from ringline.engine.http_tools import CallDetails
 from ringline.engine.providers import build_providers
 from ringline.engine.transports.base import MediaTransport
 from ringline.engine.transports.events import CallStarted
+from ringline.engine.transports.exotel.codec import ExotelStream
+from ringline.engine.transports.plivo.codec import PlivoStream
 from ringline.engine.transports.socket import MediaCodec, SocketTransport, serve_media_socket
+from ringline.engine.transports.telnyx.codec import TelnyxStream
 from ringline.engine.transports.twilio.codec import TwilioStream
+from ringline.engine.transports.vonage.codec import VonageStream
 
 log = logging.getLogger(__name__)
 
 CODECS: dict[str, Callable[[], MediaCodec]] = {
     "twilio": TwilioStream,
+    "telnyx": TelnyxStream,
+    "plivo": PlivoStream,
+    "vonage": VonageStream,
+    "exotel": ExotelStream,
 }
 """The provider media-stream protocols served at ``/media/{provider}``."""
 

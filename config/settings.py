@@ -24,6 +24,7 @@ from ringline.config.providers import (
     SttConfig,
     TtsConfig,
 )
+from ringline.config.sip import SipConfig
 from ringline.engine.errors import ConfigError
 
 Ms = Annotated[float, Field(ge=0)]
@@ -493,6 +494,120 @@ class TwilioConfig(_Model):
         return data
 
 
+def _from_environment(data: Any, variables: dict[str, str], required: tuple[str, ...]) -> Any:
+    """``data`` with each field of ``variables`` it lacks taken from that environment variable; a
+    ``required`` one in neither is an error."""
+    if not isinstance(data, dict):
+        return data
+    for field, env in variables.items():
+        if not data.get(field):
+            if value := os.environ.get(env):
+                data = {**data, field: value}
+            elif field in required:
+                raise ValueError(f"{field} is missing: set it here or in the environment as {env}")
+    return data
+
+
+class TelnyxConfig(_Model):
+    """Telnyx Call Control (``[telephony.telnyx]``): outbound calls, hang-up, transfers, and the
+    inbound ``call.initiated`` webhook answered with a media stream. ``api_key``, ``connection_id``
+    and ``public_key`` come from here or from ``TELNYX_API_KEY``, ``TELNYX_CONNECTION_ID`` and
+    ``TELNYX_PUBLIC_KEY``; the API key is required."""
+
+    api_key: SecretStr
+    connection_id: str | None = Field(None, min_length=1)
+    """The Call Control application (connection) outbound calls are placed through. Default: none
+    (no outbound calls on Telnyx)."""
+    public_key: str | None = Field(None, pattern=r"^[A-Za-z0-9+/]{43}=$")
+    """The account's webhook signing key (base64 Ed25519, Mission Control > Keys & Credentials):
+    webhooks are accepted only with a valid ``telnyx-signature-ed25519``. Default: none (every
+    webhook is refused). Its ``telnyx-timestamp`` must be within 5 minutes of now (the SDK's window)."""
+    api_base_url: str = Field("https://api.telnyx.com/v2", pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    """Base URL of the v2 API (``/calls`` is appended); a local fake's in tests."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Each REST request's whole time."""
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_environment(cls, data: Any) -> Any:
+        names = {"api_key": "TELNYX_API_KEY", "connection_id": "TELNYX_CONNECTION_ID", "public_key": "TELNYX_PUBLIC_KEY"}
+        return _from_environment(data, names, ("api_key",))
+
+
+class PlivoConfig(_Model):
+    """Plivo's Voice API (``[telephony.plivo]``). ``auth_id`` and ``auth_token`` come from here or
+    from ``PLIVO_AUTH_ID`` and ``PLIVO_AUTH_TOKEN``; the token also checks webhooks'
+    ``X-Plivo-Signature-V3``."""
+
+    auth_id: str = Field(pattern=r"^[A-Z0-9]{20}$")
+    auth_token: SecretStr
+    api_base_url: str = Field("https://api.plivo.com", pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    """Base URL of the REST API (``/v1/Account/...`` is appended); a local fake's in tests."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Each REST request's whole time."""
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_environment(cls, data: Any) -> Any:
+        names = {"auth_id": "PLIVO_AUTH_ID", "auth_token": "PLIVO_AUTH_TOKEN"}
+        return _from_environment(data, names, ("auth_id", "auth_token"))
+
+
+class VonageConfig(_Model):
+    """Vonage's Voice API (``[telephony.vonage]``), as a Vonage application. ``application_id``,
+    ``private_key`` (PEM) and ``signature_secret`` come from here or from
+    ``VONAGE_APPLICATION_ID``, ``VONAGE_PRIVATE_KEY`` and ``VONAGE_SIGNATURE_SECRET``;
+    ``private_key_path`` may name a PEM file instead."""
+
+    application_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+    private_key: SecretStr | None = None
+    """The application's private key, PEM (signs the REST API's JWTs)."""
+    private_key_path: Path | None = None
+    """A file holding it, read at load."""
+    signature_secret: SecretStr | None = None
+    """The account's signature secret (HS256): webhooks are accepted only with a valid signed JWT
+    in ``Authorization: Bearer``. Default: none (every webhook is refused)."""
+    api_base_url: str = Field("https://api.nexmo.com", pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+    """Base URL of the Voice API (``/v1/calls`` is appended); a local fake's in tests."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Each REST request's whole time."""
+    webhook_tolerance_s: float = Field(300.0, gt=0)
+    """A signed webhook whose JWT was issued further than this from now is refused (replays)."""
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_environment(cls, data: Any) -> Any:
+        names = {
+            "application_id": "VONAGE_APPLICATION_ID",
+            "private_key": "VONAGE_PRIVATE_KEY",
+            "signature_secret": "VONAGE_SIGNATURE_SECRET",
+        }
+        data = _from_environment(data, names, ("application_id",))
+        if isinstance(data, dict) and not data.get("private_key") and (path := data.get("private_key_path")):
+            try:
+                data = {**data, "private_key": Path(path).read_text()}
+            except OSError as exc:
+                raise ValueError(f"cannot read private_key_path {path}: {exc.strerror}") from None
+        if isinstance(data, dict) and not data.get("private_key"):
+            raise ValueError("private_key is missing: set it, or private_key_path, here or VONAGE_PRIVATE_KEY")
+        return data
+
+
 class TelephonyConfig(_Model):
     """How Ringline reaches the telephony providers, and how they reach it."""
 
@@ -500,9 +615,17 @@ class TelephonyConfig(_Model):
     """The base URL the providers reach this server at (``https://voice.example.com``); media
     stream URLs are made from it (``wss://voice.example.com/media/twilio``). Needed to place
     outbound calls. Default: none."""
+    sip: SipConfig | None = None
+    """``[telephony.sip]``: the native SIP user agent. Default: off."""
     twilio: TwilioConfig | None = None
     """``[telephony.twilio]``: Twilio's REST API. Default: not configured (no outbound calls or
     transfers on Twilio)."""
+    telnyx: TelnyxConfig | None = None
+    """``[telephony.telnyx]``: Telnyx Call Control. Default: not configured."""
+    plivo: PlivoConfig | None = None
+    """``[telephony.plivo]``: Plivo's Voice API. Default: not configured."""
+    vonage: VonageConfig | None = None
+    """``[telephony.vonage]``: Vonage's Voice API. Default: not configured."""
 
     @field_validator("public_url")
     @classmethod
@@ -549,11 +672,29 @@ class WebhookConfig(_Model):
         return data
 
 
+class WebRtcConfig(_Model):
+    """``[webrtc]``: browser calls (``POST /api/v1/webrtc/offer``, API key with ``calls:write`` and
+    ``calls:read``) and the playground page."""
+
+    playground: bool = True
+    """Serve the playground page at ``/playground`` (static; it holds no secret: calls need a key)."""
+    host_addresses: tuple[str, ...] = ("127.0.0.1",)
+    """Local addresses offered as ICE host candidates. Default: loopback, for browsers on this
+    machine (remote candidates that are not loopback are then ignored). Empty: every interface."""
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs (``stun:stun.example.com:3478``) for callers behind NAT."""
+    codecs: tuple[Literal["opus", "PCMU", "PCMA"], ...] = Field(("opus", "PCMU", "PCMA"), min_length=1)
+    """Codecs accepted, most preferred first."""
+    connect_timeout_s: float = Field(15.0, gt=0)
+    """An answered offer whose connection is not up this soon is given up."""
+
+
 class Settings(_Model):
     server: ServerConfig = ServerConfig()
     api: ApiConfig = Field(default_factory=ApiConfig)
     telephony: TelephonyConfig = Field(default_factory=TelephonyConfig)
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
+    webrtc: WebRtcConfig = Field(default_factory=WebRtcConfig)
     default_agent: str = "default"
     agents: dict[str, AgentConfig] = Field(default_factory=lambda: {"default": AgentConfig()})
 

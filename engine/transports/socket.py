@@ -47,6 +47,8 @@ class MediaCodec(Protocol):
 
     name: str
     """The provider, for logs: ``twilio``, ``telnyx``, ..."""
+    hangup_on_close: bool
+    """The provider closes the socket, with no stop message, when the caller hangs up."""
 
     @property
     def format(self) -> AudioFormat: ...
@@ -61,6 +63,10 @@ class MediaCodec(Protocol):
 
     def media(self, payload: bytes) -> Message | None:
         """Audio in ``format`` to play; ``None`` while a codec holds it back (minimum chunk sizes)."""
+        ...
+
+    def flush(self) -> Sequence[Message]:
+        """Write out audio a codec was holding back (padded to whole frames)."""
         ...
 
     def mark(self, name: str) -> Sequence[Message]:
@@ -141,7 +147,9 @@ class SocketTransport:
         except ValueError as exc:
             raise SendDtmfFailed(str(exc)) from None
         audio = pcm if fmt.encoding is Encoding.PCM16 else encode(pcm, fmt.encoding)
-        await self.send_audio(audio)  # a chunking codec writes out any remainder at the next mark
+        await self.send_audio(audio)
+        for message in self.codec.flush():  # what a chunking codec held back of the tones
+            await self._send(message)
 
 
 class _Ended(Exception):
@@ -217,6 +225,8 @@ class _MediaSocket:
             elif kind in _CLOSING:
                 if ws.close_code is not None and ws.close_code not in (1000, 1001, 1005):
                     self.detail = f"socket closed with code {ws.close_code}"
+                elif codec.hangup_on_close:  # a provider with no stop message
+                    raise _Ended(EndReason.CALLER_HANGUP)
                 return
             elif kind is WSMsgType.ERROR:
                 raise _Ended(EndReason.TRANSPORT_CLOSED, f"socket error: {ws.exception()}")

@@ -53,6 +53,8 @@ class TwilioStream:
 
     name = "twilio"
     format: AudioFormat = MULAW_8K
+    hangup_on_close = False
+    """Twilio says ``stop`` when the caller hangs up."""
 
     def __init__(self) -> None:
         self.state = StreamState.AWAITING_START
@@ -176,6 +178,9 @@ class TwilioStream:
         """A media message carrying mu-law 8 kHz ``payload``. Only valid once started."""
         # A template, not a JSON encoder: streamSid was validated and base64 needs no escaping.
         return self._media_prefix + b64encode(payload).decode("ascii") + '"}}'
+
+    def flush(self) -> list[str]:
+        return []  # nothing held back
 
     def mark(self, name: str) -> list[str]:
         if not _MARK_NAME.fullmatch(name):

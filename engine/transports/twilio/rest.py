@@ -214,6 +214,10 @@ class TwilioRest:
             raise ValueError(f"the TwiML is {len(twiml)} characters; Twilio takes at most {MAX_TWIML}")
         return TwilioCall.parse(await self._post(f"{self._calls_url}/{call_sid}.json", [("Twiml", twiml)]))
 
+    async def hangup_call(self, call_sid: str) -> TwilioCall:
+        """End the call ``call_sid`` (``Status=completed``; a queued or ringing call is cancelled)."""
+        return TwilioCall.parse(await self._post(f"{self._calls_url}/{call_sid}.json", [("Status", "completed")]))
+
     def transferrer(self, call_sid: str) -> Callable[[str], Awaitable[None]]:
         """What ``SocketTransport.transferrer`` wants for call ``call_sid``: redirect it to a
         destination, raising ``TransferFailed`` with Twilio's reason if it refuses."""
