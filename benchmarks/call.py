@@ -23,6 +23,7 @@ from types import TracebackType
 
 import aiohttp
 
+from ringline.benchmarks.protocols import WireFactory
 from ringline.benchmarks.script import CallerScript, CallResult
 from ringline.benchmarks.session import EARLY_S, CallerSession
 
@@ -102,20 +103,29 @@ async def run_call(
     record: bool = False,
     connect_timeout_s: float = 10.0,
     metronome: Metronome | None = None,
+    wire_factory: WireFactory | None = None,
 ) -> CallResult:
     """Place one simulated call; never raises for network trouble (see ``CallResult.error``).
 
     ``clock`` defaults to the loop's ``time`` and must tick at its rate; with a shared
     ``metronome`` (entered), its clock is used instead. A shared ``session`` needs a connector
     without a connection limit (``TCPConnector(limit=0)``): a call holds its connection throughout.
+    ``wire_factory`` (``protocols.wire_factory``) picks the provider protocol; default Twilio.
     """
     if metronome is None:
         async with Metronome(clock) as own:
             return await run_call(
-                url, script, session=session, record=record, connect_timeout_s=connect_timeout_s, metronome=own
+                url,
+                script,
+                session=session,
+                record=record,
+                connect_timeout_s=connect_timeout_s,
+                metronome=own,
+                wire_factory=wire_factory,
             )
     now = metronome.now
-    call = CallerSession(script, url=url, record=record)
+    wire = wire_factory(script.call_sid) if wire_factory is not None else None
+    call = CallerSession(script, url=url, record=record, wire=wire)
     http = session or aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     try:
         try:
@@ -147,8 +157,8 @@ class _Line:
         reader = asyncio.create_task(self._read(), name=f"caller-read-{call.result.call_sid}")
         try:
             try:
-                for text in call.open(self._now()):
-                    await ws.send_str(text)
+                for message in call.open(self._now()):
+                    await (ws.send_str(message) if isinstance(message, str) else ws.send_bytes(message))
             except _SOCKET_ERRORS as exc:
                 self._send_failed(exc)
             if not call.done:
@@ -173,8 +183,8 @@ class _Line:
         """The metronome's turn: send what is due, then book the next turn (or finish)."""
         call, ws = self._call, self._ws
         try:
-            for text in call.poll(now):
-                await ws.send_str(text)
+            for message in call.poll(now):
+                await (ws.send_str(message) if isinstance(message, str) else ws.send_bytes(message))
         except _SOCKET_ERRORS as exc:
             self._send_failed(exc)
         except Exception as exc:  # a bug in one call must not stop the others
@@ -196,11 +206,9 @@ class _Line:
         try:
             while True:
                 msg = await ws.receive()
-                if msg.type is aiohttp.WSMsgType.TEXT:
+                if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                     if call.receive(msg.data, now()):
                         self._metronome.schedule(self, now())  # a mark echo is due at once
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    call.protocol_error("binary message (Twilio sends JSON text only)")
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
                     if not call.done:
                         if msg.type is aiohttp.WSMsgType.ERROR:

@@ -1,18 +1,23 @@
-"""Caller simulator: plays Twilio against any Media Streams WebSocket, speaking real speech.
+"""Caller simulator: plays a telephony provider (Twilio, Telnyx, Plivo, Vonage, Exotel) against a
+media WebSocket, speaking real speech.
 
 Library::
 
     result = await run_call("ws://127.0.0.1:8080/media/twilio", script, record=True)
     write_stereo_wav("call.wav", result)
     report = await run_load(url, 200, lambda i: clip_script(i, turns=3))
+    report = await run_load(url, 10, factory, wire_factory=wire_factory("telnyx"))  # url: .../media/telnyx
 
 CLI (uvloop)::
 
     python -m ringline.benchmarks.caller --url ws://127.0.0.1:8080/media/twilio --calls 10 --turns 3
     python -m ringline.benchmarks.caller --url ... --calls 10 --turns 4 --barge-in-ms 300  # talk over replies
+    python -m ringline.benchmarks.caller --url ws://127.0.0.1:8080 --protocol vonage  # -> /media/vonage
 
 Modules: ``script`` (what the caller does, what happened), ``session`` (the sans-IO caller),
-``playback`` (Twilio's playback buffer, sans-IO), ``wire`` (messages), ``call`` (``run_call``,
+``playback`` (the provider's playback buffer, sans-IO), ``wire`` (the ``CallerWire`` seam and
+Twilio's messages; ``wire_telnyx``, ``wire_plivo``, ``wire_vonage``, ``wire_exotel``; ``protocols``
+names them), ``call`` (``run_call``,
 the asyncio adapter), ``load`` (``run_load`` and its report), ``recording`` (stereo WAV).
 This module re-exports the public API and holds the CLI.
 """
@@ -34,6 +39,7 @@ from ringline.benchmarks.call import run_call
 from ringline.benchmarks.clips import CLIP_TEXTS, SPEECH_CLIPS, load_clip
 from ringline.benchmarks.load import LoadReport, run_load
 from ringline.benchmarks.playback import PlaybackBuffer
+from ringline.benchmarks.protocols import PROTOCOLS, wire_factory
 from ringline.benchmarks.recording import Recording, write_stereo_wav
 from ringline.benchmarks.script import CallerScript, CallResult, EndReason, Reply, Turn, Utterance
 
@@ -52,6 +58,8 @@ __all__ = [
     "run_load",
     "write_stereo_wav",
     "is_loopback_url",
+    "media_socket_url",
+    "wire_factory",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,9 +115,26 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+def media_socket_url(url: str, protocol: str) -> str:
+    """``url`` as given if it has a path, else ``url`` + ``/media/<protocol>``."""
+    return url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/media/" + protocol
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ringline.benchmarks.caller", description=__doc__.split("\n")[0])
-    p.add_argument("--url", required=True, help="Media Streams WebSocket, e.g. ws://127.0.0.1:8080/media/twilio")
+    p.add_argument(
+        "--url",
+        required=True,
+        help="media WebSocket, e.g. ws://127.0.0.1:8080/media/twilio; without a path, /media/<protocol> is added",
+    )
+    p.add_argument("--protocol", choices=PROTOCOLS, default="twilio", help="provider protocol (default twilio)")
+    p.add_argument(
+        "--reorder-rate",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="telnyx: swap adjacent media frames at this rate (0..1) to exercise the server's reordering",
+    )
     p.add_argument("--calls", type=int, default=1, help="concurrent calls (default 1)")
     p.add_argument("--turns", type=int, default=3, help="utterances per call (default 3)")
     p.add_argument(
@@ -126,7 +151,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(talking over the agent) instead of after the reply ended; reports agent stop times",
     )
     p.add_argument("--greeting", action="store_true", help="the agent speaks first: wait for its greeting")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="start.customParameters entry")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="call parameter (agent, from, to, var_*), passed the way the provider passes them",
+    )
     p.add_argument("--server-pid", type=int, default=None, help="sample this process's CPU and RSS")
     p.add_argument("--json", type=Path, default=None, help="write the report (and per-call results) here")
     p.add_argument("--record", type=Path, default=None, help="write call 0 as a stereo WAV (caller left, agent right)")
@@ -135,6 +166,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.allow_remote and not is_loopback_url(args.url):
         p.error(f"{args.url} is not a loopback address; pass --allow-remote to call it")
+    if not 0.0 <= args.reorder_rate <= 1.0:
+        p.error("--reorder-rate must be within 0..1")
+    if args.reorder_rate and args.protocol != "telnyx":
+        p.error("--reorder-rate is for --protocol telnyx")
+    args.url = media_socket_url(args.url, args.protocol)
     if args.barge_in_ms is not None and args.barge_in_ms < 0:
         p.error("--barge-in-ms must not be negative")
     for item in args.param:
@@ -164,6 +200,7 @@ async def _main(args: argparse.Namespace) -> LoadReport:
         ramp_s=args.ramp,
         server_pid=args.server_pid,
         record_first=args.record is not None,
+        wire_factory=wire_factory(args.protocol, reorder_rate=args.reorder_rate),
     )
 
 

@@ -1,6 +1,7 @@
 """Concurrency benchmark: N simultaneous simulated calls against one server process on one core.
 
     python -m ringline.benchmarks.concurrency [--calls 1,10,50,100,200] [--turns 3] [--barge-in-ms 300]
+        [--protocol twilio|telnyx|plivo|vonage|exotel]
 
 Starts ``ringline serve --config config/bench.toml --port <free port>`` pinned to core 0 (or,
 with ``--fake``, the caller's own fake agent, to measure the simulator alone), waits for
@@ -8,7 +9,8 @@ with ``--fake``, the caller's own fake agent, to measure the simulator alone), w
 subprocess (``taskset -c 1 python -m ringline.benchmarks.caller ... --json``), and prints a
 markdown table. ``--url`` and ``--server-pid`` use a server that is already running instead.
 ``--barge-in-ms MS`` is passed to the caller (every utterance after the first talks over the
-previous reply, MS ms after its first audio) and adds the barge-in columns.
+previous reply, MS ms after its first audio) and adds the barge-in columns. ``--protocol`` picks
+the provider media protocol the callers speak (at ``/media/<protocol>``; default twilio).
 Only loopback addresses are targeted; every run has a timeout; the server it started is stopped
 with SIGTERM at the end.
 """
@@ -34,6 +36,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from ringline.benchmarks.caller import is_loopback_url
+from ringline.benchmarks.protocols import PROTOCOLS
 
 REPO = Path(__file__).resolve().parent.parent
 HEALTH_TIMEOUT_S = 60.0
@@ -132,7 +135,7 @@ def started_server(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     ok = False
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield f"ws://127.0.0.1:{port}/media/twilio", proc.pid  # taskset execs: same pid
+        yield f"ws://127.0.0.1:{port}/media/{args.protocol}", proc.pid  # taskset execs: same pid
         ok = True
     finally:
         stop_process(proc, log_file, keep_log=not ok, what="server")
@@ -162,7 +165,7 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_cal
         cmd = pin(args.caller_core) + [
             sys.executable, "-m", "ringline.benchmarks.caller",
             "--url", url, "--calls", str(n), "--turns", str(args.turns),
-            "--server-pid", str(pid), "--json", str(out),
+            "--server-pid", str(pid), "--json", str(out), "--protocol", args.protocol,
         ]  # fmt: skip
         for param in args.param:
             cmd += ["--param", param]
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--barge-in-ms", type=float, default=None, metavar="MS", help="pass to the caller: talk over replies"
     )
+    p.add_argument("--protocol", choices=PROTOCOLS, default="twilio", help="provider media protocol (default twilio)")
     p.add_argument("--json", type=Path, default=None, help="write all reports here")
     args = p.parse_args(argv)
     if args.url is not None and not is_loopback_url(args.url):

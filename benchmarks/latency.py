@@ -1,6 +1,7 @@
 """Reply latency with providers at published cloud latencies, preemptive generation on and off.
 
     python -m ringline.benchmarks.latency [--calls 1,100] [--turns 3] [--config config/bench_latency.toml]
+        [--protocol twilio|telnyx|plivo|vonage|exotel]
 
 For each setting (preemptive generation off, then on) starts ``ringline serve`` pinned to core 0,
 runs the caller simulator pinned to core 1 for each N, then reads every call's record from
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ringline.benchmarks.concurrency import REPO, run_caller, started_server
+from ringline.benchmarks.protocols import PROTOCOLS
 
 STAGES = ("stt_final", "turn_committed", "llm_first_token", "tts_first_audio", "first_audio_sent")
 
@@ -70,7 +72,7 @@ def measure_calls(url: str, pid: int, n: int, args: argparse.Namespace) -> tuple
     """One caller run of ``n`` calls against the server at ``url``: a row of the caller's latency
     and the median of each stage from the server's call records, and the caller's whole report
     (with each stage's p95 as ``stage_p95_ms``)."""
-    base = "http" + url[2:].removesuffix("/media/twilio")
+    base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
     report = run_caller(url, pid, n, args, keep_calls=True)
     sids = [c["call_sid"] for c in report.get("calls_detail", [])]
     records = _records(base, sids)
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=REPO / "config" / "bench_latency.toml")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)
+    p.add_argument("--protocol", choices=PROTOCOLS, default="twilio", help="provider media protocol (default twilio)")
     args = p.parse_args(argv)
     args.url = args.server_pid = None
     args.fake = False

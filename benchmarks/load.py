@@ -44,6 +44,7 @@ import numpy as np
 import psutil
 
 from ringline.benchmarks.call import Metronome, run_call
+from ringline.benchmarks.protocols import WireFactory
 from ringline.benchmarks.script import CallerScript, CallResult
 
 MB = 1024 * 1024
@@ -186,10 +187,12 @@ async def run_load(
     server_pid: int | None = None,
     record_first: bool = False,
     connect_timeout_s: float = 10.0,
+    wire_factory: WireFactory | None = None,
 ) -> LoadReport:
     """Run ``n_calls`` calls (call i follows ``script_factory(i)``) and report on them.
 
     ``ramp_s`` defaults to 20 ms a call, at most 5 s. ``record_first`` records call 0.
+    ``wire_factory`` (``protocols.wire_factory``) picks the provider protocol; default Twilio.
     """
     if n_calls < 1:
         raise ValueError("n_calls must be at least 1")
@@ -213,6 +216,7 @@ async def run_load(
                 record=record_first and i == 0,
                 connect_timeout_s=connect_timeout_s,
                 metronome=metronome,
+                wire_factory=wire_factory,
             )
             done_at.append(loop.time())
             return result

@@ -1,13 +1,17 @@
-"""The simulated caller without I/O: what Twilio sends when, and what it makes of the replies.
+"""The simulated caller without I/O: what the provider sends when, and what it makes of the replies.
+
+The provider's protocol is a ``CallerWire`` (``wire``: Twilio by default; ``protocols`` has them
+all): the session decides what happens when, the wire what it looks like. Messages are ``str``
+(text frames) or ``bytes`` (binary frames).
 
 ``CallerSession`` is driven by an adapter (``caller.run_call``) with explicit times:
 
-- ``open(now)`` -> the ``connected`` and ``start`` messages; ``now`` becomes time 0.
+- ``open(now)`` -> the first messages (``connected``, ``start``); ``now`` becomes time 0.
 - ``poll(now)`` -> messages due: every media frame whose slot (k * 20 ms) has come, marks whose
   playback point was reached, dtmf, stop. Frames are due on an absolute clock: if the adapter
   polls late, all overdue frames come out at once and count as ``late_frames``.
 - ``next_deadline()`` -> when to poll next (next frame slot or next mark due).
-- ``receive(text, now)`` -> feed one server message; True if messages are waiting for ``poll``.
+- ``receive(message, now)`` -> feed one server message; True if messages are waiting for ``poll``.
 - ``closed(now, code)`` / ``failed(now, error)`` -> the socket ended.
 
 The caller's mouth is a small state machine (``Phase``); agent audio is attributed to the reply
@@ -18,21 +22,21 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 
 from ringline.benchmarks.playback import RATE, PlaybackBuffer
 from ringline.benchmarks.recording import build_recording
 from ringline.benchmarks.script import CallerScript, CallResult, EndReason, MarkEcho, Turn
 from ringline.benchmarks.wire import (
     SILENCE,
-    SILENCE_B64,
+    CallerWire,
+    Frame,
+    Message,
     ServerClear,
     ServerMark,
     ServerMedia,
-    StreamWriter,
+    TwilioWire,
     WireError,
-    encode_frames,
-    new_sid,
-    parse_server_message,
     split_frames,
 )
 
@@ -55,11 +59,14 @@ class Phase(enum.Enum):
 
 
 class CallerSession:
-    def __init__(self, script: CallerScript, *, url: str = "", record: bool = False) -> None:
+    def __init__(
+        self, script: CallerScript, *, url: str = "", record: bool = False, wire: CallerWire | None = None
+    ) -> None:
+        """``wire``: the provider protocol for this call (default Twilio, with ``script.call_sid``)."""
         self.script = script
         self._utterances = tuple(script.utterances)
-        self.writer = StreamWriter(new_sid("MZ"), script.call_sid or new_sid("CA"), new_sid("AC"))
-        self.result = CallResult(url=url, stream_sid=self.writer.stream_sid, call_sid=self.writer.call_sid)
+        self.wire = wire if wire is not None else TwilioWire.new(script.call_sid)
+        self.result = CallResult(url=url, stream_sid=self.wire.stream_id, call_sid=self.wire.call_id)
         self.buffer = PlaybackBuffer(keep_audio=record)
         self._record = record
         self._sent_frames: list[bytes] = []
@@ -67,10 +74,10 @@ class CallerSession:
         self._t0 = 0.0
         self._opened = False
         self._k = 0  # next media frame index
-        self._outbox: list[str] = []
+        self._outbox: list[Message] = []
         self._pending_marks: list[MarkEcho] = []  # in buffer order, not yet echoed
         self._next_utt = 0  # index of the next utterance to speak
-        self._frames: tuple[str, ...] = ()  # base64 frames of the utterance being spoken
+        self._frames: Sequence[Frame] = ()  # wire frames of the utterance being spoken
         self._frame_audio: tuple[bytes, ...] = ()  # the same frames raw, for the recording
         self._pos = 0  # next frame of it (dtmf digits first)
         self._turn: Turn | None = None  # the turn being spoken
@@ -91,15 +98,15 @@ class CallerSession:
         return self._phase is Phase.ENDED
 
     def _set_phase(self, phase: Phase) -> None:
-        log.debug("caller %s: %s -> %s", self.writer.call_sid, self._phase.value, phase.value)
+        log.debug("caller %s: %s -> %s", self.result.call_sid, self._phase.value, phase.value)
         self._phase = phase
 
     # -- driving -------------------------------------------------------------------------------
 
-    def open(self, now: float) -> list[str]:
+    def open(self, now: float) -> list[Message]:
         self._t0 = now
         self._opened = True
-        return [self.writer.connected(), self.writer.start(dict(self.script.custom_parameters))]
+        return list(self.wire.open(self.script.custom_parameters))
 
     def next_deadline(self) -> float:
         deadline = self._k * FRAME_S
@@ -108,7 +115,7 @@ class CallerSession:
             deadline = mark_due
         return self._t0 + deadline
 
-    def poll(self, now: float) -> list[str]:
+    def poll(self, now: float) -> list[Message]:
         t = now - self._t0
         out = self._outbox
         self._outbox = []
@@ -124,12 +131,12 @@ class CallerSession:
             self._send_frame(t, out)
         return out
 
-    def receive(self, text: str | bytes, now: float) -> bool:
+    def receive(self, message: Message, now: float) -> bool:
         if self._phase is Phase.ENDED:
             return False
         t = now - self._t0
         try:
-            event = parse_server_message(text, self.writer.stream_sid)
+            event = self.wire.parse(message)
         except WireError as exc:
             self.protocol_error(str(exc))
             return False
@@ -146,7 +153,13 @@ class CallerSession:
             self.result.clears += 1
             self._reply.cleared = True
             cuts = not self.buffer.idle(t)  # else the audio had already played out
-            self._echo(self.buffer.clear(t), t, self._outbox)
+            pending = self.buffer.clear(t)
+            if self.wire.marks_echoed_on_clear:
+                self._echo(pending, t, self._outbox)
+            else:  # never acknowledged: recorded without echoed_at
+                self.result.marks.extend(self._pending_marks[: len(pending)])
+                del self._pending_marks[: len(pending)]
+            self._outbox.extend(self.wire.cleared())
             self._check_agent_stopped(t, cleared=cuts)
         return bool(self._outbox)
 
@@ -212,9 +225,9 @@ class CallerSession:
         reply.audio_s += duration
         reply.messages += 1
 
-    def _echo(self, names: list[str], t: float, out: list[str]) -> None:
+    def _echo(self, names: list[str], t: float, out: list[Message]) -> None:
         for name in names:
-            out.append(self.writer.mark(name))
+            out.extend(self.wire.mark_played(name))
             record = self._pending_marks.pop(0)
             record.echoed_at = t
             self.result.marks.append(record)
@@ -246,7 +259,7 @@ class CallerSession:
 
     # -- outbound ------------------------------------------------------------------------------
 
-    def _advance_script(self, t: float, out: list[str]) -> None:
+    def _advance_script(self, t: float, out: list[Message]) -> None:
         """Start the next utterance or hang up, if it is time (between frames)."""
         due = t + EARLY_S
         if due >= self.script.max_call_s:
@@ -276,7 +289,7 @@ class CallerSession:
             return self._listen_since + script.reply_timeout_s
         return None
 
-    def _maybe_hang_up(self, t: float, due: float, out: list[str]) -> None:
+    def _maybe_hang_up(self, t: float, due: float, out: list[Message]) -> None:
         script = self.script
         reply = self._reply
         if script.hangup_mid_reply_ms is not None and reply.first_at is not None:
@@ -303,31 +316,32 @@ class CallerSession:
         if talked_over:
             self._talked_over = turn
         self._turn = turn
-        self._frames = encode_frames(utt.audio)
+        self._frames = self.wire.frames(utt.audio)
         self._frame_audio = split_frames(utt.audio) if self._record else ()
         self._pos = -len(utt.dtmf)
         self._next_utt += 1
         self._set_phase(Phase.SPEAKING)
 
-    def _send_frame(self, t: float, out: list[str]) -> None:
+    def _send_frame(self, t: float, out: list[Message]) -> None:
         k = self._k
         lag = t - k * FRAME_S
         if lag >= FRAME_S:
             self.result.late_frames += 1
         if lag * 1000.0 > self.result.max_send_lag_ms:
             self.result.max_send_lag_ms = lag * 1000.0
-        payload, audio = SILENCE_B64, SILENCE
+        wire = self.wire
+        payload, audio = wire.silence, SILENCE
         if self._phase is Phase.SPEAKING:
             pos = self._pos
             if pos < 0:
                 utt = self._utterances[self._next_utt - 1]
-                out.append(self.writer.dtmf(utt.dtmf[len(utt.dtmf) + pos]))
+                out.extend(wire.dtmf(utt.dtmf[len(utt.dtmf) + pos]))
             elif pos < len(self._frames):
                 payload = self._frames[pos]
                 if self._record:
                     audio = self._frame_audio[pos]
             self._pos = pos + 1
-        out.append(self.writer.media(k, payload))
+        out.extend(wire.media(k, payload))
         if self._record:
             self._sent_frames.append(audio)
         self._k = k + 1
@@ -345,9 +359,9 @@ class CallerSession:
         self._turn = None
         self._set_phase(Phase.LISTENING)
 
-    def _hang_up(self, t: float, reason: EndReason, out: list[str]) -> None:
+    def _hang_up(self, t: float, reason: EndReason, out: list[Message]) -> None:
         self.result.ended_by = reason
-        out.append(self.writer.stop())
+        out.extend(self.wire.stop())
         self._finish(t)
 
     def _finish(self, t: float) -> None:

@@ -1,10 +1,19 @@
-"""Twilio Media Streams messages as the caller (Twilio's side) writes and reads them.
+"""The provider's side of a media stream (``CallerWire``), and Twilio Media Streams as one.
 
-Outbound media is the hot path (50 messages a second per call): the JSON is a ``%`` template
-per stream with the base64 payloads of each clip encoded once (``encode_frames`` caches them,
-framed by the engine's ``Framer``),
-so only sequenceNumber, chunk and timestamp are formatted per frame. The rare messages
-(start, dtmf, mark, stop) go through orjson.
+A ``CallerWire`` is what the simulated caller needs of a provider protocol, sans-IO: the messages
+the provider writes (``open``: connected/start; ``media``; ``dtmf``; ``mark_played``: the
+acknowledgement of a mark the server placed; ``cleared``; ``stop``) and ``parse`` of what the
+server sends into ``ServerMedia`` / ``ServerMark`` / ``ServerClear``. Messages are ``str`` (text
+frames) or ``bytes`` (binary frames: Vonage audio). Audio crosses the seam as mu-law 8 kHz both
+ways: ``frames(clip)`` turns a clip into wire-ready frames once (cached per clip), and parsed
+server audio is converted to mu-law 8 kHz, which the caller's playback buffer counts in.
+The other providers live in ``wire_telnyx``, ``wire_plivo``, ``wire_vonage`` and ``wire_exotel``;
+``protocols`` names them all.
+
+Twilio: outbound media is the hot path (50 messages a second per call): the JSON is a ``%``
+template per stream with the base64 payloads of each clip encoded once (``encode_frames`` caches
+them, framed by the engine's ``Framer``), so only sequenceNumber, chunk and timestamp are
+formatted per frame. The rare messages (start, dtmf, mark, stop) go through orjson.
 
 Inbound messages are parsed into small frozen events; malformed input raises ``WireError``
 with an exact message.
@@ -16,7 +25,9 @@ import base64
 import binascii
 import functools
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
@@ -27,8 +38,14 @@ SILENCE = silence(MULAW_8K)  # mu-law zero
 SILENCE_B64 = base64.b64encode(SILENCE).decode("ascii")
 
 
+Message = str | bytes
+"""A WebSocket message: text frames as ``str``, binary frames as ``bytes``."""
+Frame = str | bytes
+"""One 20 ms frame of caller audio, ready for ``CallerWire.media`` (base64 text or raw bytes)."""
+
+
 class WireError(ValueError):
-    """The server sent something that is not a valid Twilio Media Streams message."""
+    """The server sent something that is not a valid message of the provider's protocol."""
 
 
 def new_sid(prefix: str) -> str:
@@ -51,12 +68,104 @@ def encode_frames(audio: bytes) -> tuple[str, ...]:
     return tuple(base64.b64encode(frame).decode("ascii") for frame in split_frames(audio))
 
 
-class StreamWriter:
-    """Formats the caller's messages for one stream; owns the sequence numbers."""
+@dataclass(frozen=True, slots=True)
+class ServerMedia:
+    payload: bytes  # mu-law 8 kHz (converted from the wire format if need be)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMark:
+    name: str  # what ``mark_played`` needs to acknowledge it (Vonage: the notify payload as JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerClear:
+    pass
+
+
+ServerEvent = ServerMedia | ServerMark | ServerClear
+_CLEAR = ServerClear()
+
+
+class CallerWire(Protocol):
+    """The provider side of one media stream, sans-IO. Every method returns the messages to write."""
+
+    name: str
+    """The protocol: ``twilio``, ``telnyx``, ``plivo``, ``vonage``, ``exotel`` (``/media/<name>``)."""
+    stream_id: str
+    call_id: str
+    """The call's id as the server will know it (``CallStarted.call_id``, ``GET /calls/{id}``)."""
+    silence: Frame
+    """A silent frame."""
+    marks_echoed_on_clear: bool
+    """Whether the provider acknowledges the marks pending at a clear (Twilio, Telnyx) or drops
+    them (Plivo, Vonage: the clear has its own acknowledgement, ``cleared``)."""
+
+    def frames(self, audio: bytes) -> Sequence[Frame]:
+        """The 20 ms frames of mu-law 8 kHz ``audio`` (last one padded), cached per clip."""
+        ...
+
+    def open(self, parameters: Mapping[str, str]) -> Sequence[Message]:
+        """The first messages (connected, start) carrying ``parameters`` (agent, from, to, var_*)
+        the way the provider passes them."""
+        ...
+
+    def media(self, index: int, frame: Frame) -> Sequence[Message]:
+        """Frame ``index`` (0-based; at index * 20 ms) of the stream. Usually one message; a
+        wire that reorders may hold one back and write two at the next frame."""
+        ...
+
+    def dtmf(self, digit: str) -> Sequence[Message]: ...
+
+    def mark_played(self, name: str) -> Sequence[Message]:
+        """Acknowledge ``ServerMark(name)``: playback reached it."""
+        ...
+
+    def cleared(self) -> Sequence[Message]:
+        """Acknowledge ``ServerClear`` (empty for providers that do not)."""
+        ...
+
+    def stop(self) -> Sequence[Message]:
+        """Hang up (empty for providers that just close the socket)."""
+        ...
+
+    def parse(self, message: Message) -> ServerEvent:
+        """One server message; raises ``WireError`` with an exact message if it is malformed."""
+        ...
+
+
+def json_object(text: str | bytes) -> dict:
+    """``text`` as a JSON object, or ``WireError``."""
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise WireError("message is not JSON") from None
+    if not isinstance(msg, dict):
+        raise WireError("message is not a JSON object")
+    return msg
+
+
+def b64_payload(payload: object, what: str) -> bytes:
+    """Decode a base64 ``payload`` field (``what`` names it in errors)."""
+    if not isinstance(payload, str):
+        raise WireError(f"{what} is not a string")
+    try:
+        return binascii.a2b_base64(payload, strict_mode=True)
+    except binascii.Error:
+        raise WireError(f"{what} is not valid base64") from None
+
+
+class TwilioWire:
+    """Twilio Media Streams as Twilio writes them, for one stream; owns the sequence numbers."""
+
+    name = "twilio"
+    silence: Frame = SILENCE_B64
+    marks_echoed_on_clear = True  # "Twilio sends back mark messages for every pending mark"
+    frames = staticmethod(encode_frames)
 
     def __init__(self, stream_sid: str, call_sid: str, account_sid: str) -> None:
-        self.stream_sid = stream_sid
-        self.call_sid = call_sid
+        self.stream_sid = self.stream_id = stream_sid
+        self.call_sid = self.call_id = call_sid
         self.account_sid = account_sid
         self.seq = 0
         self._media = (
@@ -89,20 +198,38 @@ class StreamWriter:
             }
         ).decode()
 
-    def media(self, frame_index: int, payload_b64: str) -> str:
-        """Frame ``frame_index`` (0-based) of the stream: chunk k+1, timestamp k*20 ms."""
-        self.seq += 1
-        return self._media % (self.seq, frame_index + 1, frame_index * 20, payload_b64)
+    @classmethod
+    def new(cls, call_id: str | None = None) -> TwilioWire:
+        return cls(new_sid("MZ"), call_id or new_sid("CA"), new_sid("AC"))
 
-    def dtmf(self, digit: str) -> str:
-        return orjson.dumps(
-            {
-                "event": "dtmf",
-                "streamSid": self.stream_sid,
-                "sequenceNumber": self._next(),
-                "dtmf": {"track": "inbound_track", "digit": digit},
-            }
-        ).decode()
+    def open(self, parameters: Mapping[str, str]) -> tuple[str, str]:
+        return self.connected(), self.start(dict(parameters))
+
+    def media(self, index: int, frame: Frame) -> tuple[str]:
+        """Frame ``index`` (0-based) of the stream: chunk k+1, timestamp k*20 ms."""
+        self.seq += 1
+        return (self._media % (self.seq, index + 1, index * 20, frame),)
+
+    def mark_played(self, name: str) -> tuple[str]:
+        return (self.mark(name),)
+
+    def cleared(self) -> tuple[()]:
+        return ()
+
+    def parse(self, message: Message) -> ServerEvent:
+        return parse_server_message(message, self.stream_sid)
+
+    def dtmf(self, digit: str) -> tuple[str]:
+        return (
+            orjson.dumps(
+                {
+                    "event": "dtmf",
+                    "streamSid": self.stream_sid,
+                    "sequenceNumber": self._next(),
+                    "dtmf": {"track": "inbound_track", "digit": digit},
+                }
+            ).decode(),
+        )
 
     def mark(self, name: str) -> str:
         return orjson.dumps(
@@ -114,44 +241,24 @@ class StreamWriter:
             }
         ).decode()
 
-    def stop(self) -> str:
-        return orjson.dumps(
-            {
-                "event": "stop",
-                "sequenceNumber": self._next(),
-                "streamSid": self.stream_sid,
-                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-            }
-        ).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class ServerMedia:
-    payload: bytes  # mu-law 8 kHz
-
-
-@dataclass(frozen=True, slots=True)
-class ServerMark:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ServerClear:
-    pass
-
-
-ServerEvent = ServerMedia | ServerMark | ServerClear
-_CLEAR = ServerClear()
+    def stop(self) -> tuple[str]:
+        return (
+            orjson.dumps(
+                {
+                    "event": "stop",
+                    "sequenceNumber": self._next(),
+                    "streamSid": self.stream_sid,
+                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                }
+            ).decode(),
+        )
 
 
 def parse_server_message(text: str | bytes, stream_sid: str) -> ServerEvent:
     """One server -> Twilio message of stream ``stream_sid``."""
-    try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise WireError("message is not JSON") from None
-    if not isinstance(msg, dict):
-        raise WireError("message is not a JSON object")
+    if not isinstance(text, str):
+        raise WireError("binary message (Twilio sends JSON text only)")
+    msg = json_object(text)
     event = msg.get("event")
     sid = msg.get("streamSid")
     if sid != stream_sid:
@@ -174,3 +281,18 @@ def parse_server_message(text: str | bytes, stream_sid: str) -> ServerEvent:
     if event == "clear":
         return _CLEAR
     raise WireError(f"unknown event {event!r}")
+
+
+def check_stream(msg: dict, key: str, expected: str, *, required: bool) -> None:
+    """Check the message's stream id field ``key`` is ``expected`` (or absent, unless ``required``)."""
+    sid = msg.get(key)
+    if (sid is not None or required) and sid != expected:
+        raise WireError(f"{msg.get('event')!r} message for {key} {sid!r}, not {expected!r}")
+
+
+def mark_name(holder: object, what: str) -> str:
+    """The mark name string at ``holder['name']`` (``what`` names the holder in errors)."""
+    name = holder.get("name") if isinstance(holder, dict) else None
+    if not isinstance(name, str):
+        raise WireError(f"{what} without name string")
+    return name

@@ -23,15 +23,15 @@ def script(*utterances: Utterance, **kw: object) -> CallerScript:
 
 def media(call: CallerSession, seconds: float = 0.02) -> str:
     payload = base64.b64encode(b"\x20" * round(seconds * 8000)).decode()
-    return json.dumps({"event": "media", "streamSid": call.writer.stream_sid, "media": {"payload": payload}})
+    return json.dumps({"event": "media", "streamSid": call.wire.stream_sid, "media": {"payload": payload}})
 
 
 def mark(call: CallerSession, name: str) -> str:
-    return json.dumps({"event": "mark", "streamSid": call.writer.stream_sid, "mark": {"name": name}})
+    return json.dumps({"event": "mark", "streamSid": call.wire.stream_sid, "mark": {"name": name}})
 
 
 def clear(call: CallerSession) -> str:
-    return json.dumps({"event": "clear", "streamSid": call.writer.stream_sid})
+    return json.dumps({"event": "clear", "streamSid": call.wire.stream_sid})
 
 
 def events(messages: list[str]) -> list[dict]:
@@ -99,7 +99,7 @@ def test_turn_latency_reply_accounting_and_hang_up_after_the_last_reply() -> Non
     assert not call.done  # played out at 0.59, but the last message came at 0.45: quiet until 0.75
     sent = run_until(call, 0.76)
     assert sent[-1]["event"] == "stop"
-    assert sent[-1]["stop"] == {"accountSid": call.writer.account_sid, "callSid": call.result.call_sid}
+    assert sent[-1]["stop"] == {"accountSid": call.wire.account_sid, "callSid": call.result.call_sid}
     reply = turn.reply
     assert reply.audio_s == pytest.approx(0.2) and reply.messages == 2
     assert reply.max_gap_ms == pytest.approx(60.0) and reply.gaps_over_60ms == 0
@@ -272,7 +272,7 @@ def test_malformed_server_messages_are_recorded_not_fatal() -> None:
     call.receive(json.dumps({"event": "media", "streamSid": "MZother", "media": {"payload": ""}}), 0.0)
     assert call.result.protocol_errors == [
         "message is not JSON",
-        f"'media' message for streamSid 'MZother', not '{call.writer.stream_sid}'",
+        f"'media' message for streamSid 'MZother', not '{call.wire.stream_sid}'",
     ]
     assert not call.done
 
