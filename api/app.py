@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from ringline.api import ops, v1
+from ringline.api import ops, v1, webrtc
 from ringline.api.analysis import PostCall
 from ringline.api.http import ApiOptions, Conflict, EventTokenSigner, NotFound, setup_api
 from ringline.api.ledger import CallLedger
 from ringline.api.media import media_socket
+from ringline.api.sip import sip_user_agent
 from ringline.api.state import (
     CALLS,
     CLIENTS,
@@ -32,6 +33,7 @@ from ringline.api.state import (
 from ringline.api.store import CallJournal, open_store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
+from ringline.api.telephony import TELEPHONY, inbound_webhook, open_controls
 from ringline.api.webhooks import CallWebhooks, WebhookDispatcher, restart_outbox
 from ringline.config.settings import AgentConfig, Settings
 from ringline.engine.audio.clock import LoopClock
@@ -40,7 +42,6 @@ from ringline.engine.providers import warm_up
 from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
 from ringline.engine.tools import ToolRegistry, default_registry
-from ringline.engine.transports.twilio.rest import TwilioRest
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def make_app(
     app[CONTROLS] = {}
     app.add_routes(routes)
     app.router.add_get("/media/{provider}", media_socket)
+    app.router.add_route("POST", "/telephony/{provider}/inbound", inbound_webhook)
+    app.router.add_route("GET", "/telephony/{provider}/inbound", inbound_webhook)  # Vonage's default answer_method
     if settings.server.debug_records:
         app.router.add_get("/calls/{call_id}", call_record)
     api = settings.api
@@ -92,7 +95,8 @@ def make_app(
     app[KEYS] = keys = StoreKeys(lambda: app[STORE])
     tokens = EventTokenSigner(secret.encode())
     errors = {StoreNotFound: NotFound, StoreConflict: Conflict}  # the store's errors, as the API answers them
-    api_app = setup_api(app, v1.ROUTES, keys, options=options, tokens=tokens, errors=errors)
+    api_app = setup_api(app, (*v1.ROUTES, webrtc.routes), keys, options=options, tokens=tokens, errors=errors)
+    webrtc.setup_webrtc(app)  # browser calls' sessions and the /playground page
     ops.setup_ops(app, app[CALLS], api_app)  # /health, /ready, /metrics, root /openapi.json and /docs
 
     async def end_calls(app: web.Application) -> None:
@@ -105,8 +109,9 @@ def make_app(
     app.on_startup.append(load_models)
     app.on_shutdown.append(end_calls)
     app.cleanup_ctx.append(_http_clients)  # first in, last out: after every call has ended
-    app.cleanup_ctx.append(_twilio_rest)
+    app.cleanup_ctx.append(_telephony)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(sip_user_agent)  # after the store: its calls are in the ledger
     app.cleanup_ctx.append(_webhook_dispatcher)  # stopped before the store closes
     app.cleanup_ctx.append(_idle_watchdog)
     return app
@@ -116,21 +121,14 @@ def _builtin_tools(agent_name: str, agent: AgentConfig) -> ToolRegistry:
     return default_registry()
 
 
-async def _twilio_rest(app: web.Application) -> AsyncIterator[None]:
-    """Twilio's REST client (``app[TWILIO_REST]``) when ``[telephony.twilio]`` is configured."""
-    if (config := app[SETTINGS].telephony.twilio) is None:
-        yield
-        return
-    twilio = TwilioRest(
-        config.account_sid,
-        config.auth_token.get_secret_value(),
-        base_url=config.api_base_url,
-        timeout_s=config.timeout_s,
-        tls=app[CLIENTS].tls_context(),
-    )
-    async with twilio:
-        app[TWILIO_REST] = twilio
-        app[CONTROLS]["twilio"] = twilio
+async def _telephony(app: web.Application) -> AsyncIterator[None]:
+    """The configured providers' call control (``app[TELEPHONY]``, and ``app[CONTROLS]`` for the
+    media sockets' transfers); Twilio's REST client also as ``app[TWILIO_REST]``."""
+    async with open_controls(app[SETTINGS].telephony, app[CLIENTS].tls_context()) as controls:
+        app[TELEPHONY] = controls
+        app[CONTROLS].update(controls)
+        if (twilio := controls.get("twilio")) is not None:
+            app[TWILIO_REST] = twilio.rest  # type: ignore[attr-defined]
         yield
 
 

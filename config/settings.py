@@ -535,7 +535,11 @@ class TelnyxConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _credentials_from_environment(cls, data: Any) -> Any:
-        names = {"api_key": "TELNYX_API_KEY", "connection_id": "TELNYX_CONNECTION_ID", "public_key": "TELNYX_PUBLIC_KEY"}
+        names = {
+            "api_key": "TELNYX_API_KEY",
+            "connection_id": "TELNYX_CONNECTION_ID",
+            "public_key": "TELNYX_PUBLIC_KEY",
+        }
         return _from_environment(data, names, ("api_key",))
 
 

@@ -464,7 +464,10 @@ BIG_VARIABLES = {name: name[0] * 1000 for name in ("long", "longer", "longest", 
         ({"to": THEIRS, "from": "+14155550123"}, {"from": "+14155550123 is not one of your numbers"}),
         (
             {"to": THEIRS, "from": "+14155550124"},
-            {"from": "+14155550124 is a telnyx number; outbound calls are placed through Twilio"},
+            {
+                "from": "+14155550124 is a number on exotel; outbound calls are placed through "
+                "Twilio, Telnyx, Plivo or Vonage numbers"
+            },
         ),
         ({"to": THEIRS, "from": OURS, "agent_id": "nobody"}, {"agent_id": "unknown agent 'nobody'"}),
         (
@@ -483,7 +486,7 @@ async def test_outbound_calls_refused_before_twilio_is_asked(
 ) -> None:
     async with running(bench(twilio)) as server:
         _, key = await outbound_setup(server)
-        await server.store.create_number("+14155550124", NumberProvider.TELNYX)
+        await server.store.create_number("+14155550124", NumberProvider.EXOTEL)
         async with server.post(f"{API}/calls", key=key, json=request_body) as resp:
             body = await resp.json()
         assert (resp.status, body["code"], body["details"]) == (422, "validation_error", details)

@@ -2,9 +2,10 @@
 
 ``POST /calls/{call_id}/control`` sends one command to a call in progress on this engine:
 ``inject-context``, ``say``, ``end-call`` or ``transfer`` (the body's ``type``). ``POST /calls``
-places an outbound call through Twilio's REST API: Twilio dials, and once answered streams the
-call's media to ``[telephony] public_url`` + ``/media/twilio`` with the agent, direction, numbers
-and variables as stream parameters; the call's row, queued here under Twilio's call SID, is taken
+places an outbound call through the REST API of the ``from`` number's provider (Twilio, Telnyx,
+Plivo or Vonage: ``api/telephony``): it dials, and once answered streams the call's media to
+``[telephony] public_url`` + ``/media/<provider>`` with the agent, direction, numbers and
+variables as stream parameters; the call's row, queued here under the provider's call id, is taken
 over by the media socket (``CallLedger.opened``) when the stream starts.
 """
 
@@ -45,10 +46,11 @@ from ringline.api.http import (
     parse_phone,
 )
 from ringline.api.routing import agent_for_call
-from ringline.api.state import CALLS, STORE, TWILIO_REST, WEBHOOKS
+from ringline.api.state import CALLS, STORE, WEBHOOKS
 from ringline.api.store import CallStatus, Direction, NumberProvider, Store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
+from ringline.api.telephony import TELEPHONY, ParametersTooLarge, TelephonyError
 from ringline.api.v1.calls import Call as CallOut
 from ringline.api.v1.calls import call_out
 from ringline.config.settings import Settings
@@ -57,7 +59,6 @@ from ringline.engine.call import CallStatus as LiveStatus
 from ringline.engine.errors import ConfigError
 from ringline.engine.registry import CallRegistry
 from ringline.engine.transports.base import TransferFailed
-from ringline.engine.transports.twilio.rest import MAX_TWIML, TwilioRestError, stream_twiml
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,9 @@ class OutboundCallCreate(ApiModel):
         examples=["+14155552671"],
     )
     from_: PhoneNumber = Field(
-        alias="from", description="The caller id: one of your numbers (`/numbers`) whose provider is Twilio."
+        alias="from",
+        description="The caller id: one of your numbers (`/numbers`); its provider (Twilio, Telnyx, Plivo or "
+        "Vonage) places the call.",
     )
     agent_id: str | None = Field(
         None,
@@ -342,14 +345,13 @@ class OutboundCallCreate(ApiModel):
         return value
 
 
-_SOCKET_SCHEMES = {"https": "wss", "http": "ws"}
-
-
-def stream_url(public_url: str) -> str:
-    """The Twilio media socket's URL on this server, as Twilio reaches it."""
-    scheme, rest = public_url.split("://", 1)
-    scheme = _SOCKET_SCHEMES.get(scheme, scheme)
-    return f"{scheme}://{rest}/media/twilio"
+OUTBOUND_PROVIDERS = (NumberProvider.TWILIO, NumberProvider.TELNYX, NumberProvider.PLIVO, NumberProvider.VONAGE)
+_NEEDS = {
+    NumberProvider.TWILIO: "outbound calls need Twilio's REST API: set [telephony.twilio] account_sid and auth_token",
+    NumberProvider.TELNYX: "outbound calls from Telnyx numbers need [telephony.telnyx] api_key and connection_id",
+    NumberProvider.PLIVO: "outbound calls from Plivo numbers need [telephony.plivo] auth_id and auth_token",
+    NumberProvider.VONAGE: "outbound calls from Vonage numbers need [telephony.vonage] application_id and private_key",
+}
 
 
 @routes.post(
@@ -362,52 +364,57 @@ def stream_url(public_url: str) -> str:
     summary="Place an outbound call",
 )
 async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> CallOut:
-    """Twilio dials `to` from `from`; the call is answered by the agent once the callee picks up.
-    The call is created `queued`, with Twilio's call SID as its id, and becomes `in_progress` when
-    its media stream starts. The request is checked first (422: `from` must be one of your Twilio
-    numbers, the agent must exist); then it needs `[telephony.twilio]` and `[telephony] public_url`
-    (else 503). Twilio refusing a number answers 422 with its message; any other refusal or no
-    answer, 502."""
+    """The `from` number's provider (Twilio, Telnyx, Plivo or Vonage) dials `to`; the call is answered
+    by the agent once the callee picks up. The call is created `queued`, with the provider's call id
+    as its id, and becomes `in_progress` when its media stream starts. The request is checked first
+    (422: `from` must be one of your numbers on one of those providers, the agent must exist); then
+    it needs that provider's `[telephony.<provider>]` and `[telephony] public_url` (else 503). The
+    provider refusing a number answers 422 with its message; any other refusal or no answer, 502."""
     body = req.body
     settings = _settings(req.app)
     store = req.app[STORE]
     number = await store.find_number(body.from_)
     if number is None:
         raise ValidationFailed("unknown caller id", details={"from": f"{body.from_} is not one of your numbers"})
-    if number.provider is not NumberProvider.TWILIO:
-        reason = f"{body.from_} is a {number.provider.value} number; outbound calls are placed through Twilio"
-        raise ValidationFailed("caller id not on Twilio", details={"from": reason})
+    if number.provider not in OUTBOUND_PROVIDERS:
+        reason = (
+            f"{body.from_} is a number on {number.provider.value}; outbound calls are placed through "
+            "Twilio, Telnyx, Plivo or Vonage numbers"
+        )
+        raise ValidationFailed("caller id cannot place calls", details={"from": reason})
     try:
         agent_id, agent = await agent_for_call(
             settings, store, {"agent": body.agent_id or number.outbound_agent_id or ""}
         )
     except ConfigError as exc:
         raise ValidationFailed("unknown agent", details={"agent_id": str(exc)}) from None
-    twilio = req.app.get(TWILIO_REST)
-    if twilio is None:
-        raise NotConfigured("outbound calls need Twilio's REST API: set [telephony.twilio] account_sid and auth_token")
+    provider = req.app[TELEPHONY].get(number.provider.value)
+    if provider is None:
+        raise NotConfigured(_NEEDS[number.provider])
     if settings.telephony.public_url is None:
-        raise NotConfigured("outbound calls need [telephony] public_url: the address Twilio reaches this server at")
+        raise NotConfigured(
+            f"outbound calls need [telephony] public_url: the address {provider.label} reaches this server at"
+        )
     names = {k: v for k, v in (("first_name", body.first_name), ("last_name", body.last_name)) if v is not None}
     variables = names | body.variables
     parameters = {"agent": agent_id, "direction": "outbound", "from": body.from_, "to": body.to}
     parameters |= {f"var_{k}": v for k, v in variables.items()}
-    twiml = stream_twiml(stream_url(settings.telephony.public_url), parameters)
-    if len(twiml) > MAX_TWIML:
-        why = f"too large: the stream parameters make {len(twiml)} characters of TwiML, Twilio takes {MAX_TWIML}"
-        raise ValidationFailed("variables too large", details={"variables": why})
     try:
-        placed = await twilio.create_call(to=body.to, from_=body.from_, twiml=twiml)
-    except TwilioRestError as exc:
-        if exc.field is not None and exc.twilio_message:
-            message = exc.twilio_message
-            raise ValidationFailed(f"Twilio refused the call: {message}", details={exc.field: message}) from None
-        raise UpstreamFailed(f"Twilio did not place the call: {exc}") from None
-    log.info("outbound call placed through Twilio", extra={"call_id": placed.sid})
+        call_id = await provider.place_call(to=body.to, from_=body.from_, parameters=parameters)
+    except ParametersTooLarge as exc:
+        raise ValidationFailed("variables too large", details={"variables": str(exc)}) from None
+    except TelephonyError as exc:
+        if exc.field is not None and exc.provider_message:
+            message = exc.provider_message
+            raise ValidationFailed(
+                f"{provider.label} refused the call: {message}", details={exc.field: message}
+            ) from None
+        raise UpstreamFailed(f"{provider.label} did not place the call: {exc}") from None
+    log.info("outbound call placed through %s", provider.label, extra={"call_id": call_id})
     try:
         row = await store.create_call(
             Direction.OUTBOUND,
-            id=placed.sid,
+            id=call_id,
             agent_id=agent_id,
             status=CallStatus.QUEUED,
             from_number=body.from_,
@@ -418,5 +425,5 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
         )
         req.app[WEBHOOKS].notify()
     except StoreConflict:  # the media stream started first and recorded the call: add what it lacks
-        row = await store.update_call(placed.sid, metadata=body.metadata, variables=variables)
+        row = await store.update_call(call_id, metadata=body.metadata, variables=variables)
     return call_out(req, row)
