@@ -8,19 +8,29 @@ inbound agent through the numbers table, else the config's default agent answers
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from ringline.api.http import NotConfigured, ValidationFailed
 from ringline.api.media import close_call, open_call
-from ringline.api.state import SETTINGS, STORE
+from ringline.api.state import SETTINGS, STORE, WEBHOOKS
+from ringline.api.store import Call as CallRow
+from ringline.api.store import PhoneNumber
+from ringline.api.v1.numbers import SipTrunkConfig
+from ringline.config.settings import AgentConfig
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
+from ringline.engine.errors import RinglineError
+from ringline.engine.record import EndReason
 from ringline.engine.transports.events import CallStarted
 from ringline.engine.transports.rtp.clock import RtpTicker
-from ringline.engine.transports.sip.leg import SipLeg
+from ringline.engine.transports.sip.leg import SipLeg, new_call_id
+from ringline.engine.transports.sip.outbound import DialFailed, Route, dial
 from ringline.engine.transports.sip.ua import SipUserAgent
 
 log = logging.getLogger(__name__)
@@ -78,3 +88,70 @@ async def sip_user_agent(app: web.Application) -> AsyncIterator[None]:
     finally:
         await ua.aclose()
         await ticker.aclose()
+
+
+async def place_sip_call(
+    app: web.Application,
+    number: PhoneNumber,
+    to: str,
+    parameters: dict[str, str],
+    agent: AgentConfig,
+    queue: Callable[[str], Awaitable[CallRow]],
+) -> CallRow:
+    """Dial ``to`` through ``number``'s SIP trunk. The call's row is written (``queue``) before
+    the INVITE goes, so whatever comes back has a row to land in: the answered call takes it over
+    (``open_call``), a refusal ends it with ``busy``, ``no_answer`` or ``failed``."""
+    ua = app.get(SIP_UA)
+    if ua is None:
+        raise NotConfigured("outbound SIP calls need the SIP user agent: configure [telephony.sip]")
+    if number.sip_trunk_id is None:
+        raise ValidationFailed("no SIP trunk", details={"from": f"{number.number} has no sip_trunk_id to call through"})
+    trunk = SipTrunkConfig.model_validate((await app[STORE].get_sip_trunk(number.sip_trunk_id)).config)
+    if trunk.transport != "udp":
+        why = f"the trunk's transport is {trunk.transport}; the SIP user agent speaks UDP only"
+        raise ValidationFailed("unsupported SIP transport", details={"from": why})
+    route = await _route(trunk, to, caller=number.number)
+    call_id = new_call_id()
+    row = await queue(call_id)
+    ua.spawn(
+        _dial_and_run(app, ua, route, parameters | {"sip_trunk_id": number.sip_trunk_id}, agent, call_id),
+        f"sip-dial-{call_id}",
+    )
+    return row
+
+
+async def _route(trunk: SipTrunkConfig, to: str, *, caller: str) -> Route:
+    port = trunk.port or 5060
+    host, via_port = trunk.host, port
+    if trunk.outbound_proxy:
+        proxy = trunk.outbound_proxy.removeprefix("sip:").split(";", 1)[0]
+        host, _, proxy_port = proxy.partition(":")
+        via_port = int(proxy_port) if proxy_port else 5060
+    infos = await asyncio.get_running_loop().getaddrinfo(host.strip("[]"), via_port, type=socket.SOCK_DGRAM)
+    address = infos[0][4][:2]
+    password = trunk.password.get_secret_value() if trunk.password is not None else None
+    return Route(
+        target=f"sip:{to}@{trunk.host}:{port}", address=address, caller=caller,
+        username=trunk.username, password=password, codecs=tuple(trunk.codecs),
+    )  # fmt: skip
+
+
+async def _dial_and_run(
+    app: web.Application, ua: SipUserAgent, route: Route, parameters: dict[str, str], agent: AgentConfig, call_id: str
+) -> None:
+    try:
+        leg = await dial(ua, route, parameters, call_id=call_id)
+    except DialFailed as exc:
+        log.info("sip: outbound call not answered: %s (%s)", exc.outcome.value, exc.detail, extra={"call_id": call_id})
+        webhooks = app[WEBHOOKS]
+        await app[STORE].end_call(call_id, exc.outcome.value, outbox=webhooks.status_update(agent))
+        webhooks.notify()
+        return
+    calls = AppSipCalls(app)
+    try:
+        call = await calls.open(leg)
+    except RinglineError as exc:
+        log.warning("sip: answered call refused: %s", exc, extra=leg.extra)
+        await leg.abandon(EndReason.ERROR, f"refused: {exc}")
+        return
+    await leg.run(call)

@@ -466,7 +466,7 @@ BIG_VARIABLES = {name: name[0] * 1000 for name in ("long", "longer", "longest", 
             {"to": THEIRS, "from": "+14155550124"},
             {
                 "from": "+14155550124 is a number on exotel; outbound calls are placed through "
-                "Twilio, Telnyx, Plivo or Vonage numbers"
+                "Twilio, Telnyx, Plivo, Vonage or SIP-trunk numbers"
             },
         ),
         ({"to": THEIRS, "from": OURS, "agent_id": "nobody"}, {"agent_id": "unknown agent 'nobody'"}),

@@ -46,7 +46,9 @@ from ringline.api.http import (
     parse_phone,
 )
 from ringline.api.routing import agent_for_call
+from ringline.api.sip import place_sip_call
 from ringline.api.state import CALLS, STORE, WEBHOOKS
+from ringline.api.store import Call as CallRow
 from ringline.api.store import CallStatus, Direction, NumberProvider, Store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
@@ -345,7 +347,13 @@ class OutboundCallCreate(ApiModel):
         return value
 
 
-OUTBOUND_PROVIDERS = (NumberProvider.TWILIO, NumberProvider.TELNYX, NumberProvider.PLIVO, NumberProvider.VONAGE)
+OUTBOUND_PROVIDERS = (
+    NumberProvider.TWILIO,
+    NumberProvider.TELNYX,
+    NumberProvider.PLIVO,
+    NumberProvider.VONAGE,
+    NumberProvider.SIP,
+)
 _NEEDS = {
     NumberProvider.TWILIO: "outbound calls need Twilio's REST API: set [telephony.twilio] account_sid and auth_token",
     NumberProvider.TELNYX: "outbound calls from Telnyx numbers need [telephony.telnyx] api_key and connection_id",
@@ -379,7 +387,7 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
     if number.provider not in OUTBOUND_PROVIDERS:
         reason = (
             f"{body.from_} is a number on {number.provider.value}; outbound calls are placed through "
-            "Twilio, Telnyx, Plivo or Vonage numbers"
+            "Twilio, Telnyx, Plivo, Vonage or SIP-trunk numbers"
         )
         raise ValidationFailed("caller id cannot place calls", details={"from": reason})
     try:
@@ -388,6 +396,32 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
         )
     except ConfigError as exc:
         raise ValidationFailed("unknown agent", details={"agent_id": str(exc)}) from None
+    names = {k: v for k, v in (("first_name", body.first_name), ("last_name", body.last_name)) if v is not None}
+    variables = names | body.variables
+    parameters = {"agent": agent_id, "direction": "outbound", "from": body.from_, "to": body.to}
+    parameters |= {f"var_{k}": v for k, v in variables.items()}
+
+    async def queue(call_id: str) -> CallRow:
+        """The call's row, queued under ``call_id`` (or, if its media started first, completed)."""
+        try:
+            row = await store.create_call(
+                Direction.OUTBOUND,
+                id=call_id,
+                agent_id=agent_id,
+                status=CallStatus.QUEUED,
+                from_number=body.from_,
+                to_number=body.to,
+                metadata=body.metadata,
+                variables=variables,
+                outbox=req.app[WEBHOOKS].status_update(agent),
+            )
+            req.app[WEBHOOKS].notify()
+        except StoreConflict:  # the media stream started first and recorded the call: add what it lacks
+            row = await store.update_call(call_id, metadata=body.metadata, variables=variables)
+        return row
+
+    if number.provider is NumberProvider.SIP:
+        return call_out(req, await place_sip_call(req.app, number, body.to, parameters, agent, queue))
     provider = req.app[TELEPHONY].get(number.provider.value)
     if provider is None:
         raise NotConfigured(_NEEDS[number.provider])
@@ -395,10 +429,6 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
         raise NotConfigured(
             f"outbound calls need [telephony] public_url: the address {provider.label} reaches this server at"
         )
-    names = {k: v for k, v in (("first_name", body.first_name), ("last_name", body.last_name)) if v is not None}
-    variables = names | body.variables
-    parameters = {"agent": agent_id, "direction": "outbound", "from": body.from_, "to": body.to}
-    parameters |= {f"var_{k}": v for k, v in variables.items()}
     try:
         call_id = await provider.place_call(to=body.to, from_=body.from_, parameters=parameters)
     except ParametersTooLarge as exc:
@@ -411,19 +441,4 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
             ) from None
         raise UpstreamFailed(f"{provider.label} did not place the call: {exc}") from None
     log.info("outbound call placed through %s", provider.label, extra={"call_id": call_id})
-    try:
-        row = await store.create_call(
-            Direction.OUTBOUND,
-            id=call_id,
-            agent_id=agent_id,
-            status=CallStatus.QUEUED,
-            from_number=body.from_,
-            to_number=body.to,
-            metadata=body.metadata,
-            variables=variables,
-            outbox=req.app[WEBHOOKS].status_update(agent),
-        )
-        req.app[WEBHOOKS].notify()
-    except StoreConflict:  # the media stream started first and recorded the call: add what it lacks
-        row = await store.update_call(call_id, metadata=body.metadata, variables=variables)
-    return call_out(req, row)
+    return call_out(req, await queue(call_id))

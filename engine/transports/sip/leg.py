@@ -63,9 +63,10 @@ class SipLeg:
         endpoint: RtpEndpoint,
         media: NegotiatedMedia,
         parameters: dict[str, str],
+        call_id: str | None = None,
     ) -> None:
         self.ua = ua
-        self.id = new_call_id()
+        self.id = call_id or new_call_id()
         self.sip_call_id = invite.call_id
         self.invite = invite
         self.remote = remote
@@ -189,6 +190,11 @@ class SipLeg:
         self._set_state(LegState.ENDED)
         self._confirmed.set()
         self.endpoint.stop()  # ends the pump
+
+    async def abandon(self, reason: EndReason, detail: str) -> None:
+        """End a leg that never got its call (hanging up if the dialog is up)."""
+        self.end(reason, detail)
+        await self._finish()
 
     async def end_from_server(self) -> None:
         self.end(EndReason.SERVER_SHUTDOWN, "server stopping")

@@ -157,6 +157,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def respond(self, response: Response) -> None:
         self._run(self.layer.send_response(response, self.clock.now()))
 
+    def forget(self, branch: str) -> None:
+        """Stop telling anyone about responses to the request with this branch."""
+        self._waiters.pop(branch, None)
+
     def release(self, leg: SipLeg) -> None:
         """The leg has ended: forget it and tell the application."""
         if self.legs.get(leg.sip_call_id) is leg:

@@ -1,0 +1,161 @@
+"""Placing a call: INVITE through a trunk (or straight to a SIP URI), digest on 401/407, ringing
+and early media, then the leg, or the reason there is none.
+
+``dial`` returns a confirmed ``SipLeg`` (we sent the ACK) or raises ``DialFailed`` with the end
+reason the call is recorded with: ``busy`` (486, 600, 603), ``no_answer`` (nobody answered within
+``no_answer_timeout_s``: we CANCEL; or 408/480/487), ``failed`` (any other refusal, bad
+credentials, a far end that never answers at all, no common codec).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ringline.engine.errors import RinglineError
+from ringline.engine.transports.rtp.endpoint import RtpEndpoint
+from ringline.engine.transports.rtp.session import RtpSession
+from ringline.engine.transports.sip.dialog import Dialog, DialogError, make_cancel, make_request
+from ringline.engine.transports.sip.digest import DigestError, authorize
+from ringline.engine.transports.sip.leg import CODECS, FORMATS, SipLeg
+from ringline.engine.transports.sip.message import Request, Response, SipError
+from ringline.engine.transports.sip.sdp import SdpError, SessionDescription, make_offer, negotiate
+from ringline.engine.transports.sip.uri import NameAddr
+
+if TYPE_CHECKING:
+    from ringline.engine.transports.sip.ua import Addr, SipUserAgent
+
+log = logging.getLogger(__name__)
+
+
+class DialOutcome(enum.Enum):
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    FAILED = "failed"
+
+
+class DialFailed(RinglineError):
+    def __init__(self, outcome: DialOutcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail
+
+
+BUSY = frozenset({486, 600, 603})
+NOT_ANSWERED = frozenset({408, 480, 487})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an outbound INVITE goes and how it authenticates."""
+
+    target: str
+    """The Request-URI: ``sip:+14155550100@trunk.example.com``."""
+    address: Addr
+    """Where the datagrams go (the trunk, its outbound proxy, or the URI's host)."""
+    caller: str
+    """Our user part in From (the caller id)."""
+    username: str | None = None
+    password: str | None = None
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")
+
+
+async def dial(ua: SipUserAgent, route: Route, parameters: dict[str, str], *, call_id: str | None = None) -> SipLeg:
+    """INVITE ``route.target`` and wait for the outcome; the leg's call is the caller's to make."""
+    session = RtpSession(remote=None)
+    endpoint = await RtpEndpoint.open(session, ua.ticker, host=ua.config.listen_host, ports=ua.ports)
+    try:
+        return await _invite(ua, route, parameters, endpoint, call_id)
+    except BaseException:
+        await endpoint.aclose()
+        raise
+
+
+async def _invite(
+    ua: SipUserAgent, route: Route, parameters: dict[str, str], endpoint: RtpEndpoint, call_id: str | None
+) -> SipLeg:
+    codecs = tuple(CODECS[name] for name in route.codecs)
+    offer = make_offer(ua.host, endpoint.local_port, codecs=codecs)
+    invite = make_request(
+        "INVITE", route.target, from_=NameAddr(f"sip:{route.caller}@{ua.host}"), to=NameAddr(route.target),
+        sent_by=ua.sent_by, contact=ua.contact, body=bytes(offer), content_type="application/sdp",
+        headers=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, INFO")],
+    )  # fmt: skip
+    responses: asyncio.Queue[Response] = asyncio.Queue()
+    ua.send_request(invite, route.address, responses.put_nowait)
+    deadline = ua.clock.now() + ua.config.no_answer_timeout_s
+    authenticated = cancelled = False
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - ua.clock.now()) if not cancelled else None):
+                    response = await responses.get()
+            except TimeoutError:
+                log.info("sip: no answer from %s in %g s: cancelling", route.target, ua.config.no_answer_timeout_s)
+                ua.send_request(make_cancel(invite), route.address, None)
+                cancelled = True
+                continue
+            status = response.status
+            if status < 200:
+                if status in (180, 183):
+                    log.debug("sip: %s %s", status, response.reason)
+                continue
+            if status in (401, 407) and not authenticated and route.username and route.password:
+                ua.forget(invite.branch or "")
+                try:
+                    invite = authorize(invite, response, route.username, route.password)
+                except DigestError as exc:
+                    raise DialFailed(DialOutcome.FAILED, f"cannot answer the challenge: {exc}") from None
+                authenticated = True
+                ua.send_request(invite, route.address, responses.put_nowait)
+                continue
+            if status >= 300:
+                raise DialFailed(_outcome(status, cancelled), f"{status} {response.reason}".strip())
+            return _answered(ua, route, parameters, endpoint, invite, response, call_id)
+    finally:
+        ua.forget(invite.branch or "")
+
+
+def _outcome(status: int, cancelled: bool) -> DialOutcome:
+    if cancelled or status in NOT_ANSWERED:
+        return DialOutcome.NO_ANSWER
+    return DialOutcome.BUSY if status in BUSY else DialOutcome.FAILED
+
+
+def _answered(
+    ua: SipUserAgent,
+    route: Route,
+    parameters: dict[str, str],
+    endpoint: RtpEndpoint,
+    invite: Request,
+    response: Response,
+    call_id: str | None,
+) -> SipLeg:
+    """A 2xx: ACK it (always: RFC 3261 13.2.2.4), then take the answer's media or hang up."""
+    try:
+        dialog = Dialog.from_outgoing(invite, response, sent_by=ua.sent_by)
+    except (DialogError, SipError) as exc:
+        raise DialFailed(DialOutcome.FAILED, f"unusable 2xx: {exc}") from None
+    ua.send_request(dialog.create_ack(invite), route.address, None)
+    try:
+        media = negotiate(SessionDescription.parse(invite.body), SessionDescription.parse(response.body))
+    except SdpError as exc:
+        ua.send_request(dialog.create_request("BYE"), route.address, None)
+        raise DialFailed(DialOutcome.FAILED, f"the answer's SDP: {exc or 'no common codec'}") from None
+    # The session was made before we knew the codec: make it again now that we do (nothing was sent).
+    endpoint.session = RtpSession(
+        fmt=FORMATS[media.codec],
+        payload_type=media.payload_type,
+        dtmf_payload_type=media.dtmf_payload_type,
+        remote=(media.remote_host, media.remote_port),
+    )
+    leg = SipLeg(
+        ua, invite=invite, remote=route.address, endpoint=endpoint, media=media, parameters=parameters, call_id=call_id
+    )
+    endpoint.session.call_id = leg.id
+    ua.legs[invite.call_id] = leg
+    leg.confirmed(dialog)
+    log.info("sip: %s answered (%s)", route.target, media.codec, extra=leg.extra)
+    return leg
