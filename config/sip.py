@@ -41,6 +41,11 @@ class SipConfig(BaseModel):
     requests_per_second: float = Field(20.0, gt=0)
     """Requests accepted from one source address per second (bursts of twice that); a flood past
     it is dropped, logged once a second. Default: 20."""
+    ring_s: float = Field(0.0, ge=0, le=60)
+    """How long an incoming call rings (180) before the agent answers. Default: 0, at once."""
+    jitter_ms: int = Field(40, ge=0, le=200)
+    """Audio held back from the caller's RTP to put late and reordered packets back in order: the
+    delay the agent hears the caller with. Default: 40 ms (loopback or a LAN: 20 is enough)."""
     no_answer_timeout_s: float = Field(30.0, gt=0)
     """How long an outbound INVITE may ring before we cancel it (end reason ``no_answer``)."""
     user_agent: str = "Ringline"

@@ -177,6 +177,13 @@ def test_latches_at_once_on_the_sdp_address() -> None:
     assert s.jitter.counters.received == 1
 
 
+def test_packets_from_port_zero_never_latch() -> None:
+    s = session()
+    for seq in range(1, 5):
+        s.receive(pack_rtp(0, seq, seq * 160, 5, frame(1)), ("127.0.0.1", 0), seq * 0.02)
+    assert s.latch is LatchState.UNLATCHED and s.remote == SDP_ADDR and s.foreign == 4
+
+
 def test_latches_behind_nat_on_packets_in_sequence() -> None:
     s = session()
     s.receive(pack_rtp(96, 1, 0, 5, b"x"), OTHER, 0.0)  # a payload type we did not negotiate

@@ -222,11 +222,11 @@ async def test_the_agent_hanging_up_sends_bye(tmp_path: Path, pcaps: dict[str, P
 
 
 async def test_cancel_before_answer_is_answered_200_and_the_invite_487(tmp_path: Path) -> None:
-    async with sip_server() as server:
+    async with sip_server(ring_s=10.0) as server:  # rings until cancelled
         result = await run_sipp("uac_cancel.xml", server.sip, tmp_path / "sipp", timeout_s=10)
         assert result.ok, result
         calls = (await server.api.store.list_calls()).items
-    assert all(c.status is CallStatus.ENDED for c in calls)
+    assert [(c.status, c.end_reason) for c in calls] == [(CallStatus.ENDED, "caller_hangup")]
 
 
 async def test_an_offer_without_a_common_codec_is_refused_488(tmp_path: Path) -> None:

@@ -307,6 +307,8 @@ class RtpSession:
         return [] if digit is None else [DtmfReceived(digit)]
 
     def _accept(self, packet: RtpPacket, source: Address, now: float) -> bool:
+        if source[1] == 0:
+            return False  # nothing can be sent back to port 0: never a media source
         if not self.symmetric:
             return True
         if source == self.remote:

@@ -43,6 +43,7 @@ async def answer_invite(ua: SipUserAgent, invite: Request, source: Addr) -> None
         payload_type=chosen.payload_type,
         dtmf_payload_type=chosen.dtmf_payload_type,
         remote=(chosen.remote_host, chosen.remote_port),
+        jitter_delay=ua.config.jitter_ms / 1000,
     )
     try:
         endpoint = await RtpEndpoint.open(session, ua.ticker, host=ua.config.listen_host, ports=ua.ports)
@@ -66,6 +67,7 @@ async def answer_invite(ua: SipUserAgent, invite: Request, source: Addr) -> None
         ua.legs.pop(invite.call_id, None)
         await endpoint.aclose()
         return
+    await leg.ring(ua.config.ring_s)
     headers = [("Contact", f"<{ua.contact}>"), ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REFER, NOTIFY, INFO")]
     ok = make_response(invite, 200, to_tag=to_tag, headers=headers, body=bytes(sdp), content_type="application/sdp")
     if leg.state is LegState.ENDED:  # cancelled while the call was being made: the layer sent 487

@@ -11,6 +11,7 @@ RTP ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import uuid
@@ -190,6 +191,13 @@ class SipLeg:
         self._set_state(LegState.ENDED)
         self._confirmed.set()
         self.endpoint.stop()  # ends the pump
+
+    async def ring(self, seconds: float) -> None:
+        """Let it ring ``seconds`` before answering (a CANCEL cuts it short)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._confirmed.wait()
 
     async def abandon(self, reason: EndReason, detail: str) -> None:
         """End a leg that never got its call (hanging up if the dialog is up)."""

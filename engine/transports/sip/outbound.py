@@ -150,6 +150,7 @@ def _answered(
         payload_type=media.payload_type,
         dtmf_payload_type=media.dtmf_payload_type,
         remote=(media.remote_host, media.remote_port),
+        jitter_delay=ua.config.jitter_ms / 1000,
     )
     leg = SipLeg(
         ua, invite=invite, remote=route.address, endpoint=endpoint, media=media, parameters=parameters, call_id=call_id
