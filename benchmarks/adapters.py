@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args.fake = False
     args.param = []
     args.barge_in_ms = None
+    args.protocol = "twilio"
     rows, complete = run(args)
     print(markdown(rows))
     return 0 if complete else 1

@@ -24,7 +24,7 @@ from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverLlm
 from ringline.engine.llm.base import Context, LlmEvent, Message, TextDelta, Tool, ToolCall
 from ringline.engine.llm.fake import FakeLlm
-from ringline.engine.llm.openai import OpenAiLlm, warm_up
+from ringline.engine.llm.openai import POOL_SHARDS, OpenAiLlm, ShardedTransport, warm_up
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -192,6 +192,19 @@ async def test_adapters_on_shared_clients_share_one_connection_and_aclose_leaves
         assert other.client() is not first.client() and clients.count == 2  # another timeout: its own
     assert len(fake.requests) == 2 and fake.requests[0].peer == fake.requests[1].peer
     await asyncio.wait_for(fake.requests[1].finished.wait(), 5)
+
+
+async def test_concurrent_requests_spread_over_the_pools_and_each_pool_is_released(fake) -> None:
+    config = OpenAiLlmConfig(provider="openai", api_key=KEY, base_url=fake.url)
+    async with HttpClients() as clients:
+        llm = OpenAiLlm(config, LoopClock(), clients=clients)
+        transport = llm.client()._client._transport
+        assert isinstance(transport, ShardedTransport)
+        replies = await asyncio.gather(*(collect(llm.stream(context(), [])) for _ in range(3)))
+        assert all(replies) and transport._busy == [0] * POOL_SHARDS  # every response closed
+        assert len({r.peer for r in fake.requests}) == 3  # three pools, a connection each
+        await collect(llm.stream(context(), []))  # one at a time: the first pool's connection again
+        assert fake.requests[-1].peer == fake.requests[0].peer
 
 
 # -- tool calls -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 import pytest
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError
 from ringline.engine.stt.base import Transcript
 from ringline.engine.stt.deepgram import DeepgramStt, DeepgramSttSession, SessionState
-from ringline.engine.stt.deepgram_protocol import ReplayBuffer, Send, next_message
+from ringline.engine.stt.deepgram_protocol import ReplayBuffer, Send, next_message, parse_message, read_results
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -175,6 +176,54 @@ def test_queued_audio_goes_out_in_messages_of_at_most_the_limit_and_controls_alo
     assert next_message(outbox, 4) == b"cc"  # a control message ends the run of audio
     assert next_message(outbox, 4) is Send.FINALIZE
     assert next_message(outbox, 4) == b"dd" and not outbox
+
+
+def test_control_messages_are_the_json_the_sdk_sends() -> None:
+    assert [orjson.loads(item.text) for item in Send] == [
+        {"type": "Finalize"},
+        {"type": "KeepAlive"},
+        {"type": "CloseStream"},
+    ]
+
+
+def test_results_are_read_from_the_json_with_times_shifted_to_the_session() -> None:
+    final = {
+        "type": "Results",
+        "start": 1.0,
+        "duration": 0.5,
+        "is_final": True,
+        "from_finalize": True,
+        "channel": {
+            "alternatives": [
+                {
+                    "transcript": "hi there",
+                    "words": [
+                        {"word": "hi", "punctuated_word": "Hi", "start": 1.0, "end": 1.2},
+                        {"word": "there", "start": 1.2, "end": 1.5},
+                    ],
+                }
+            ]
+        },
+    }
+    transcript, covered = read_results(final, origin=8000, bytes_per_s=8000.0)  # this socket began at 1 s
+    assert covered == 8000 + 12000
+    assert transcript is not None and transcript.is_final and transcript.text == "hi there"
+    assert [(w.text, w.start, w.end) for w in transcript.words] == [("Hi", 2.0, 2.2), ("there", 2.2, 2.5)]
+    silent_interim = {
+        "type": "Results",
+        "start": 0.0,
+        "duration": 0.3,
+        "channel": {"alternatives": [{"transcript": ""}]},
+    }
+    assert read_results(silent_interim, 0, 8000.0) == (None, None)
+    with pytest.raises(KeyError):  # a final without its times: the session fails loudly, as with the SDK model
+        read_results({"type": "Results", "is_final": True, "channel": {"alternatives": []}}, 0, 8000.0)
+
+
+def test_messages_that_are_not_json_objects_are_skipped() -> None:
+    assert parse_message('{"type": "Metadata"}') == {"type": "Metadata"}
+    assert parse_message("not json") is None
+    assert parse_message("[1, 2]") is None
 
 
 # -- the fake's own wire surface --------------------------------------------------------------

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import orjson
 
 from ringline.config.providers import DeepgramSttConfig
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.stt.base import Transcript, Word
-
-if TYPE_CHECKING:
-    from deepgram.listen.v1.types import ListenV1Results
 
 ENCODINGS = {Encoding.MULAW: "mulaw", Encoding.ALAW: "alaw", Encoding.PCM16: "linear16"}
 
@@ -28,6 +27,15 @@ class Send(enum.Enum):
     FINALIZE = "Finalize"
     KEEPALIVE = "KeepAlive"
     CLOSE_STREAM = "CloseStream"
+
+    @property
+    def text(self) -> str:
+        """The message as sent: what the SDK's ``send_finalize`` (etc.) would send, without building
+        and dumping a pydantic model each time."""
+        return _CONTROL_TEXTS[self]
+
+
+_CONTROL_TEXTS = {item: orjson.dumps({"type": item.value}).decode() for item in Send}
 
 
 def _flag(value: bool) -> str:
@@ -140,21 +148,33 @@ class ReplayBuffer:
         return out
 
 
-def read_results(result: ListenV1Results, origin: int, bytes_per_s: float) -> tuple[Transcript | None, int | None]:
-    """A ``Results`` message of the connection whose audio starts at offset ``origin``: its
-    transcript, word times shifted onto the session's time line (None for an interim of silence,
-    which says nothing), and for a final the offset its audio covers up to (None for an interim)."""
+def parse_message(text: str | bytes) -> dict[str, Any] | None:
+    """A server message as JSON; None for one that is not a JSON object (the SDK skips those too)."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def read_results(result: dict[str, Any], origin: int, bytes_per_s: float) -> tuple[Transcript | None, int | None]:
+    """A ``Results`` message (parsed JSON) of the connection whose audio starts at offset
+    ``origin``: its transcript, word times shifted onto the session's time line (None for an
+    interim of silence, which says nothing), and for a final the offset its audio covers up to
+    (None for an interim). A message without the fields Deepgram always sends raises
+    ``KeyError``/``TypeError``."""
     origin_s = origin / bytes_per_s
-    alternatives = result.channel.alternatives
-    best: Any = alternatives[0] if alternatives else None
-    text = best.transcript if best is not None else ""
+    alternatives = result["channel"]["alternatives"]
+    best: dict[str, Any] | None = alternatives[0] if alternatives else None
+    text = best["transcript"] if best is not None else ""
+    is_final = bool(result.get("is_final"))
     covered = None
-    if result.is_final:
-        covered = origin + int(round((result.start + result.duration) * bytes_per_s))
+    if is_final:
+        covered = origin + int(round((result["start"] + result["duration"]) * bytes_per_s))
     elif not text:
         return None, None
     words = tuple(
-        Word(w.punctuated_word or w.word, origin_s + w.start, origin_s + w.end)
-        for w in ((best.words or ()) if best is not None else ())
+        Word(w.get("punctuated_word") or w["word"], origin_s + w["start"], origin_s + w["end"])
+        for w in ((best.get("words") or ()) if best is not None else ())
     )
-    return Transcript(text, bool(result.is_final), words), covered
+    return Transcript(text, is_final, words), covered
