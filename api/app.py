@@ -34,6 +34,7 @@ from ringline.api.store import CallJournal, open_store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.telephony import TELEPHONY, inbound_webhook, open_controls
+from ringline.api.telephony.status import EARLY_PROGRESS, EarlyProgress, status_webhook
 from ringline.api.webhooks import CallWebhooks, WebhookDispatcher, restart_outbox
 from ringline.config.settings import AgentConfig, Settings
 from ringline.engine.audio.clock import LoopClock
@@ -81,6 +82,8 @@ def make_app(
     app.router.add_get("/media/{provider}", media_socket)
     app.router.add_route("POST", "/telephony/{provider}/inbound", inbound_webhook)
     app.router.add_route("GET", "/telephony/{provider}/inbound", inbound_webhook)  # Vonage's default answer_method
+    app.router.add_route("POST", "/telephony/{provider}/status", status_webhook)  # calls that never reach the socket
+    app[EARLY_PROGRESS] = EarlyProgress()
     if settings.server.debug_records:
         app.router.add_get("/calls/{call_id}", call_record)
     api = settings.api

@@ -4,6 +4,8 @@
 sockets' ``app[CONTROLS]`` for transfers); ``inbound_webhook`` serves
 ``/telephony/{provider}/inbound``: the provider's signature is checked (403 otherwise, the reason
 logged), then the provider's answer opens the media socket ``/media/{provider}``.
+``/telephony/{provider}/status`` takes the providers' call-status events, checked the same way
+(``status.py``: calls that end before their media socket opens).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "inbound_webhook",
     "media_url",
     "open_controls",
+    "verified_control",
 ]
 
 
@@ -77,8 +80,10 @@ async def open_controls(
         yield controls
 
 
-async def inbound_webhook(request: web.Request) -> web.StreamResponse:
-    """``/telephony/{provider}/inbound``: a provider's inbound-call webhook."""
+async def verified_control(request: web.Request, what: str) -> ProviderControl:
+    """The control of the route's ``{provider}``, once it has verified that ``request`` is the
+    provider's own: 404 for a provider not configured, 403 for a signature that fails (logged as
+    ``<provider>: <what> refused from <address>: <why>``)."""
     provider = request.match_info["provider"]
     control = request.app[TELEPHONY].get(provider)
     if control is None:
@@ -87,8 +92,15 @@ async def inbound_webhook(request: web.Request) -> web.StreamResponse:
     try:
         await control.verify(request)
     except WebhookRejected as exc:
-        log.warning("%s: inbound webhook refused from %s: %s", provider, request.remote, exc)
+        log.warning("%s: %s refused from %s: %s", provider, what, request.remote, exc)
         raise web.HTTPForbidden(text="invalid webhook signature") from None
+    return control
+
+
+async def inbound_webhook(request: web.Request) -> web.StreamResponse:
+    """``/telephony/{provider}/inbound``: a provider's inbound-call webhook."""
+    control = await verified_control(request, "inbound webhook")
+    provider = control.name
     try:
         return await control.answer_inbound(request)
     except ParametersTooLarge as exc:  # the webhook URL's own agent/var_* query is more than the provider carries

@@ -8,7 +8,8 @@ A ``ProviderControl`` is one provider's REST API and webhooks, as far as Ringlin
 - ``hangup`` and ``transferrer`` act on a live call by the provider's call id (the one the media
   socket's ``start`` carries);
 - ``verify`` checks that an inbound webhook is the provider's own (its signature), and
-  ``answer_inbound`` answers it with what opens the media socket (markup, JSON, or a REST command).
+  ``answer_inbound`` answers it with what opens the media socket (markup, JSON, or a REST command);
+- ``call_progress`` reads a verified call-status callback (``status.py``).
 
 Errors: ``WebhookRejected`` (a webhook that is not the provider's: 403), ``TelephonyError`` (the
 provider refused a request or could not be reached), ``ParametersTooLarge`` (the stream parameters
@@ -18,12 +19,15 @@ do not fit what the provider carries; found before anything is sent).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from ringline.engine.errors import ProviderError, RinglineError
 from ringline.engine.transports.socket import Transferrer
+
+if TYPE_CHECKING:
+    from ringline.api.telephony.status import CallProgress
 
 _SOCKET_SCHEMES = {"https": "wss", "http": "ws"}
 
@@ -87,6 +91,11 @@ class ProviderControl(Protocol):
 
     async def answer_inbound(self, request: web.Request) -> web.Response:
         """Answer a verified inbound-call webhook so that the call's media reaches our socket."""
+        ...
+
+    async def call_progress(self, request: web.Request) -> CallProgress | None:
+        """The call status a verified status callback reports (``status.py``); None for an event
+        that is not one we act on."""
         ...
 
     async def aclose(self) -> None:

@@ -14,8 +14,13 @@ extraHeaders="agent=...,from=...">wss://<public_url>/media/plivo</Stream>``. A t
 live call at the same URL with ``transfer_to``, which answers ``<Dial>``.
 
 Plivo names an outbound call by its ``request_uuid`` until it is answered, then by its
-``CallUUID`` (what the media stream carries): when the answer arrives, the call's queued row is
-moved to the ``CallUUID``.
+``CallUUID`` (what the media stream carries): when the answer arrives, the call's queued (or
+ringing) row is moved to the ``CallUUID``.
+
+Outbound calls name ``<public_url>/telephony/plivo/status`` as their ``ring_url`` and
+``hangup_url``; ``plivo_progress`` reads the ``CallStatus`` there (``status.py``), for the
+``CallUUID`` or, not answered, the ``RequestUUID``. For inbound calls, set the application's
+hangup URL to it too (optional: the media socket records the calls it has).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from ringline.api.telephony.base import (
     server_base,
     webhook_url,
 )
+from ringline.api.telephony.status import CallProgress, Progress
 from ringline.config.settings import PlivoConfig
 from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.socket import Transferrer
@@ -55,6 +61,30 @@ MAX_EXTRA_HEADERS = 512
 """Plivo's limit on ``extraHeaders``."""
 _UNSAFE = re.compile(r"[,;=]")
 CONTENT_TYPE = "audio/x-mulaw;rate=8000"
+
+PROGRESS: dict[str, Progress] = {
+    "ringing": Progress.RINGING,
+    "in-progress": Progress.ANSWERED,
+    "completed": Progress.COMPLETED,
+    "busy": Progress.BUSY,
+    "no-answer": Progress.NO_ANSWER,
+    "cancel": Progress.CANCELLED,
+    "timeout": Progress.FAILED,  # Plivo: a carrier or network timeout while connecting, not a ring timeout
+    "failed": Progress.FAILED,
+}
+"""Plivo's ``CallStatus`` values."""
+
+
+def plivo_progress(form: Mapping[str, str]) -> CallProgress | None:
+    """A ring or hang-up callback's ``CallStatus``, for its ``CallUUID`` and ``RequestUUID``; None
+    for a status we do not act on."""
+    status = form.get("CallStatus", "")
+    progress = PROGRESS.get(status)
+    ids = tuple(dict.fromkeys(i for k in ("CallUUID", "RequestUUID", "ALegRequestUUID") if (i := form.get(k))))
+    if progress is None or not ids:
+        return None
+    cause = f", HangupCause={form['HangupCause']}" if form.get("HangupCause") else ""
+    return CallProgress(ids, progress, f"CallStatus={status}{cause}")
 
 
 def extra_headers(parameters: Mapping[str, str]) -> str:
@@ -121,7 +151,9 @@ class PlivoControl:
     async def place_call(self, *, to: str, from_: str, parameters: Mapping[str, str]) -> str:
         extra_headers(parameters)  # refuse what the stream could not carry before dialling
         query = {k: v for k, v in parameters.items() if k not in ("from", "to")}
+        status = f"{self._public_url}/telephony/{self.name}/status"
         body = {"from": from_, "to": to, "answer_url": self.answer_url(query), "answer_method": "POST"}
+        body |= {"ring_url": status, "ring_method": "POST", "hangup_url": status, "hangup_method": "POST"}
         answer = await self._request("POST", self._base, body, "the call")
         request_uuid = answer.get("request_uuid") if isinstance(answer, dict) else None
         if isinstance(request_uuid, list):  # several destinations: one uuid each
@@ -200,8 +232,13 @@ class PlivoControl:
         )
         return web.Response(text=stream_xml(url, parameters), content_type="application/xml")
 
+    async def call_progress(self, request: web.Request) -> CallProgress | None:
+        form = mapping_of(await request.post()) if request.method == "POST" else mapping_of(request.query)
+        return plivo_progress(form)
+
     async def _adopt(self, request: web.Request, request_uuid: str, call_uuid: str) -> None:
-        """Move the queued row of an outbound call from its ``request_uuid`` to its ``CallUUID``."""
+        """Move the queued (or ringing) row of an outbound call from its ``request_uuid`` to its
+        ``CallUUID``."""
         if not request_uuid or not call_uuid or request_uuid == call_uuid:
             return
         store = request.app[STORE]
@@ -209,14 +246,14 @@ class PlivoControl:
             row = await store.get_call(request_uuid)
         except NotFound:
             return
-        if row.status is not CallStatus.QUEUED:
+        if row.status is not CallStatus.QUEUED and row.status is not CallStatus.RINGING:
             return
         try:
             await store.create_call(
                 row.direction,
                 id=call_uuid,
                 agent_id=row.agent_id,
-                status=CallStatus.QUEUED,
+                status=row.status,
                 from_number=row.from_number,
                 to_number=row.to_number,
                 metadata=row.metadata,

@@ -10,6 +10,9 @@ as the Call Control application's webhook URL; outbound calls name it themselves
   dialled with it): we ``streaming_start`` to ``wss://<public_url>/media/telnyx``, bidirectional RTP
   in PCMU, the parameters as ``custom_parameters`` (``from`` and ``to`` travel in the stream's own
   ``start`` fields). ``dial`` and ``answer`` take a ``stream_url`` but no custom parameters.
+- ``call.hangup`` is the call's status (``telnyx_progress``): a call we dialled that ends before
+  its media stream starts (``hangup_cause`` ``user_busy``, ``no_answer`` ...) is ended in the store
+  with that reason (``status.py``); ``/telephony/telnyx/status`` takes these events too;
 - anything else is acknowledged and ignored.
 """
 
@@ -36,6 +39,7 @@ from ringline.api.telephony.base import (
     media_url,
     server_base,
 )
+from ringline.api.telephony.status import CallProgress, Progress, record_progress
 from ringline.config.settings import TelnyxConfig
 from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.socket import Transferrer
@@ -47,6 +51,32 @@ MAX_CLIENT_STATE = 4096
 NATIVE = ("from", "to")
 """Parameters the stream's ``start`` carries in its own fields."""
 _STATE_KEY = "ringline"
+
+HANGUP_CAUSES: dict[str, Progress] = {
+    "user_busy": Progress.BUSY,
+    "call_rejected": Progress.BUSY,  # the callee declined: for the caller, a busy line
+    "no_answer": Progress.NO_ANSWER,
+    "timeout": Progress.NO_ANSWER,  # the dial's timeout_secs passed while it rang
+    "originator_cancel": Progress.CANCELLED,
+    "not_found": Progress.FAILED,
+    "unspecified": Progress.FAILED,
+    "normal_clearing": Progress.COMPLETED,
+    "time_limit": Progress.COMPLETED,
+}
+"""``call.hangup``'s ``hangup_cause``; any other (or none) is ``failed``."""
+
+
+def telnyx_progress(event: Any) -> CallProgress | None:
+    """A ``call.hangup`` event's call and ``hangup_cause``; None for any other event."""
+    data = event.get("data") if isinstance(event, dict) else None
+    payload = data.get("payload") if isinstance(data, dict) else None
+    if not isinstance(payload, dict) or data.get("event_type") != "call.hangup":
+        return None
+    call_id, cause = payload.get("call_control_id"), payload.get("hangup_cause")
+    if not isinstance(call_id, str) or not call_id:
+        return None
+    progress = HANGUP_CAUSES.get(cause, Progress.FAILED) if isinstance(cause, str) else Progress.FAILED
+    return CallProgress((call_id,), progress, f"hangup_cause={cause}")
 
 
 def encode_state(parameters: Mapping[str, str]) -> str:
@@ -192,9 +222,17 @@ class TelnyxControl:
             await self._answer(request, call_id, payload)
         elif kind == "call.answered" and (parameters := decode_state(payload.get("client_state"))) is not None:
             await self._stream(request, call_id, parameters)
+        elif (progress := telnyx_progress(event)) is not None:
+            await record_progress(request.app, self.name, progress)
         else:
             log.debug("telnyx: %s ignored", kind, extra={"call_id": call_id})
         return web.json_response({})
+
+    async def call_progress(self, request: web.Request) -> CallProgress | None:
+        try:
+            return telnyx_progress(orjson.loads(await request.read()))
+        except orjson.JSONDecodeError:
+            return None
 
     async def _answer(self, request: web.Request, call_id: str, payload: dict[str, Any]) -> None:
         from_, to = str(payload.get("from", "")), str(payload.get("to", ""))

@@ -5,6 +5,10 @@ Inbound: point the number's Voice webhook (HTTP POST) at ``<public_url>/telephon
 it answers ``<Connect><Stream url="wss://<public_url>/media/twilio">`` with the numbers and
 ``direction`` (and the webhook URL's ``agent``/``var_*`` query) as ``<Parameter>``s.
 
+Outbound calls ask for their status events at ``<public_url>/telephony/twilio/status``
+(``StatusCallback``, events ``initiated ringing answered completed``); ``twilio_progress`` reads
+their ``CallStatus`` (``status.py``).
+
 Why not the SDK's REST client: ``twilio.rest.Client`` with ``AsyncTwilioHttpClient`` can be aimed
 at a fake only by overwriting ``client.api.base_url`` (and ``TWILIO_EDGE``/``TWILIO_REGION`` in the
 environment would still rewrite the host), its aiohttp session takes neither our TLS context nor a
@@ -26,10 +30,12 @@ from ringline.api.telephony.base import (
     TelephonyError,
     WebhookRejected,
     inbound_parameters,
+    mapping_of,
     media_url,
     server_base,
     webhook_url,
 )
+from ringline.api.telephony.status import CallProgress, Progress
 from ringline.config.settings import TwilioConfig
 from ringline.engine.transports.socket import Transferrer
 from ringline.engine.transports.twilio.rest import MAX_TWIML, TwilioRest, TwilioRestError, stream_twiml
@@ -37,6 +43,26 @@ from ringline.engine.transports.twilio.rest import MAX_TWIML, TwilioRest, Twilio
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+
+PROGRESS: dict[str, Progress] = {
+    "ringing": Progress.RINGING,
+    "in-progress": Progress.ANSWERED,
+    "completed": Progress.COMPLETED,
+    "busy": Progress.BUSY,
+    "no-answer": Progress.NO_ANSWER,
+    "failed": Progress.FAILED,
+    "canceled": Progress.CANCELLED,
+}
+"""Twilio's ``CallStatus`` values we act on (``queued`` and ``initiated`` change nothing)."""
+
+
+def twilio_progress(form: Mapping[str, str]) -> CallProgress | None:
+    """A status callback's ``CallSid`` and ``CallStatus``; None for a status we do not act on."""
+    call_sid, status = form.get("CallSid", ""), form.get("CallStatus", "")
+    progress = PROGRESS.get(status)
+    if not call_sid or progress is None:
+        return None
+    return CallProgress((call_sid,), progress, f"CallStatus={status}")
 
 
 class TwilioControl:
@@ -81,8 +107,9 @@ class TwilioControl:
 
     async def place_call(self, *, to: str, from_: str, parameters: Mapping[str, str]) -> str:
         twiml = self.twiml(parameters)
+        callback = f"{self._public_url}/telephony/{self.name}/status"
         try:
-            call = await self.rest.create_call(to=to, from_=from_, twiml=twiml)
+            call = await self.rest.create_call(to=to, from_=from_, twiml=twiml, status_callback=callback)
         except TwilioRestError as exc:
             raise _telephony_error(exc) from exc
         return call.sid
@@ -115,6 +142,9 @@ class TwilioControl:
         twiml = stream_twiml(url, parameters)
         log.info("twilio: inbound call from %s to %s streams to %s", from_, to, url, extra={"call_id": call_sid})
         return web.Response(text=twiml, content_type="application/xml")
+
+    async def call_progress(self, request: web.Request) -> CallProgress | None:
+        return twilio_progress(mapping_of(await request.post()))
 
 
 def _telephony_error(exc: TwilioRestError) -> TelephonyError:

@@ -10,6 +10,10 @@ default) for an NCCO for every call it answers; our outbound calls name it too, 
 parameters in the query (Vonage adds ``to``, ``from``, ``uuid``). The NCCO connects the call to
 ``wss://<public_url>/media/vonage`` (``audio/l16;rate=16000``) with the stream parameters, and the
 call's ``uuid``, as ``headers``: the WebSocket itself carries no call id.
+
+Our outbound calls send their events to ``<public_url>/telephony/vonage/status`` (``event_url``,
+POST, signed like the answer webhook); ``vonage_progress`` reads their ``status`` (``status.py``).
+The WebSocket leg's own events come there too, under its own uuid: not a call of ours, ignored.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ringline.api.telephony.base import (
     media_url,
     server_base,
 )
+from ringline.api.telephony.status import CallProgress, Progress
 from ringline.config.settings import VonageConfig
 from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.socket import Transferrer
@@ -44,6 +49,32 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "audio/l16;rate=16000"
 _VONAGE_QUERY = frozenset({"to", "from", "uuid", "conversation_uuid", "region_url", "endpoint_type"})
+
+PROGRESS: dict[str, Progress] = {
+    "ringing": Progress.RINGING,
+    "answered": Progress.ANSWERED,
+    "completed": Progress.COMPLETED,
+    "busy": Progress.BUSY,
+    "timeout": Progress.NO_ANSWER,  # the ringing timer ran out
+    "unanswered": Progress.NO_ANSWER,  # unreachable, or declined by the callee
+    "rejected": Progress.FAILED,  # refused before it was connected
+    "failed": Progress.FAILED,
+    "cancelled": Progress.CANCELLED,
+}
+"""Vonage's event ``status`` values we act on (``started``, ``disconnected``, ``human``, ``machine`` ...
+change nothing)."""
+
+
+def vonage_progress(event: Any) -> CallProgress | None:
+    """An event's ``uuid`` and ``status``; None for an event that is not a status we act on."""
+    if not isinstance(event, dict):
+        return None
+    uuid, status = event.get("uuid"), event.get("status")
+    progress = PROGRESS.get(status) if isinstance(status, str) else None
+    if not isinstance(uuid, str) or not uuid or progress is None:
+        return None
+    detail = f", detail={event['detail']}" if event.get("detail") else ""
+    return CallProgress((uuid,), progress, f"status={status}{detail}")
 
 
 def e164(number: str) -> str:
@@ -101,6 +132,8 @@ class VonageControl:
             "from": {"type": "phone", "number": from_.removeprefix("+")},
             "answer_url": [f"{self._public_url}/telephony/{self.name}/inbound?{query}"],
             "answer_method": "GET",
+            "event_url": [f"{self._public_url}/telephony/{self.name}/status"],
+            "event_method": "POST",
         }
         answer = await self._request("POST", self._calls_url, body, "the call")
         uuid = answer.get("uuid") if isinstance(answer, dict) else None
@@ -190,3 +223,12 @@ class VonageControl:
         url = media_url(server_base(request, self._public_url), self.name)
         log.info("vonage: call connects to %s", url, extra={"call_id": uuid})
         return web.json_response(connect_ncco(url, parameters | {"uuid": uuid}))
+
+    async def call_progress(self, request: web.Request) -> CallProgress | None:
+        event: Any = dict(request.query)
+        if request.method == "POST" and request.content_type == "application/json":
+            try:
+                event = await request.json()
+            except ValueError:
+                return None
+        return vonage_progress(event)

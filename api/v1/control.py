@@ -6,7 +6,9 @@ places an outbound call through the REST API of the ``from`` number's provider (
 Plivo or Vonage: ``api/telephony``): it dials, and once answered streams the call's media to
 ``[telephony] public_url`` + ``/media/<provider>`` with the agent, direction, numbers and
 variables as stream parameters; the call's row, queued here under the provider's call id, is taken
-over by the media socket (``CallLedger.opened``) when the stream starts.
+over by the media socket (``CallLedger.opened``) when the stream starts. A call that never gets
+there (busy, no answer, failed, cancelled) is ended by the provider's status events
+(``api/telephony/status.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from ringline.api.store import CallStatus, Direction, NumberProvider, Store
 from ringline.api.store import Conflict as StoreConflict
 from ringline.api.store import NotFound as StoreNotFound
 from ringline.api.telephony import TELEPHONY, ParametersTooLarge, TelephonyError
+from ringline.api.telephony.status import settle_early
 from ringline.api.v1.calls import Call as CallOut
 from ringline.api.v1.calls import call_out
 from ringline.config.settings import Settings
@@ -137,6 +140,11 @@ class TransferCommand(ApiModel):
     type: Literal["transfer"]
     destination: Destination
     message: Text | None = Field(None, description="Spoken to the caller before the handover.")
+    briefing: Text | None = Field(
+        None,
+        description="A warm transfer: the agent calls `destination`, says this to whoever answers, then connects "
+        "the caller (native SIP calls only; elsewhere the transfer fails and the call goes on).",
+    )
 
     @field_validator("destination", mode="before")
     @classmethod
@@ -251,7 +259,7 @@ async def control_call(req: ApiRequest[ControlCommand, None]) -> ControlResult:
                 if command.message is None:
                     await _until_ended(call)
             case TransferCommand():
-                await call.transfer(command.destination, command.message)
+                await call.transfer(command.destination, command.message, command.briefing)
                 if command.message is None:
                     refused = await _until_transferred(call)
     except CallNotActive:
@@ -374,7 +382,11 @@ _NEEDS = {
 async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> CallOut:
     """The `from` number's provider (Twilio, Telnyx, Plivo or Vonage) dials `to`; the call is answered
     by the agent once the callee picks up. The call is created `queued`, with the provider's call id
-    as its id, and becomes `in_progress` when its media stream starts. The request is checked first
+    as its id, may become `ringing`, and becomes `in_progress` when its media stream starts. A call
+    that never gets that far is ended by the provider's status callback
+    (`/telephony/<provider>/status`), its `end_reason` what the provider reported: `busy`,
+    `no_answer`, `failed` (also a call answered whose media stream never started) or `cancelled`;
+    a `status-update` webhook tells of it, as of every status change. The request is checked first
     (422: `from` must be one of your numbers on one of those providers, the agent must exist); then
     it needs that provider's `[telephony.<provider>]` and `[telephony] public_url` (else 503). The
     provider refusing a number answers 422 with its message; any other refusal or no answer, 502."""
@@ -441,4 +453,5 @@ async def create_outbound_call(req: ApiRequest[OutboundCallCreate, None]) -> Cal
             ) from None
         raise UpstreamFailed(f"{provider.label} did not place the call: {exc}") from None
     log.info("outbound call placed through %s", provider.label, extra={"call_id": call_id})
-    return call_out(req, await queue(call_id))
+    row = await queue(call_id)
+    return call_out(req, await settle_early(req.app, call_id) or row)  # its end may have been reported already

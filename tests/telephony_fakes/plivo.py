@@ -3,11 +3,13 @@
     async with FakePlivo() as fake:                     # base URL: fake.url
         status, xml = await fake.incoming(answer_url, from_="+1...", to="+1...")
         status, xml = await fake.pick_up(request_uuid)  # the callee of a dialled call answers
+        status = await fake.ring(request_uuid)           # ring_url: CallStatus ringing
+        status = await fake.hang_up(request_uuid, "busy")  # hangup_url: the call's end
 
 Endpoints (HTTP basic auth with the auth id and token; JSON bodies):
 
-- ``POST /v1/Account/{auth_id}/Call/``: ``from``, ``to``, ``answer_url`` required; answers 201
-  ``{"api_id", "message": "call fired", "request_uuid"}``.
+- ``POST /v1/Account/{auth_id}/Call/``: ``from``, ``to``, ``answer_url`` required (``ring_url``,
+  ``hangup_url`` kept); answers 201 ``{"api_id", "message": "call fired", "request_uuid"}``.
 - ``DELETE /v1/Account/{auth_id}/Call/{call_uuid}/``: 204; 404 for a call not live.
 - ``POST /v1/Account/{auth_id}/Call/{call_uuid}/`` with ``legs``/``aleg_url``: 202
   ``{"api_id", "message": "call transferred"}``; the fake fetches the new XML from ``aleg_url``.
@@ -43,6 +45,8 @@ class PlivoCall:
     to: str
     direction: str
     answer_url: str
+    ring_url: str = ""
+    hangup_url: str = ""
     status: str = "queued"
     """``queued``, ``in-progress``, ``completed``."""
     xml: list[str] = field(default_factory=list)
@@ -88,6 +92,33 @@ class FakePlivo(FakeProvider):
         self.calls[call.call_uuid] = call
         status, xml = await self.fetch_xml(call, call.answer_url)
         return call, status, xml
+
+    async def ring(self, request_uuid: str) -> int:
+        """The dialled call rings: ``CallStatus`` ``ringing`` to its ``ring_url``; the app's status."""
+        call = self.calls[request_uuid]
+        params = {"CallUUID": call.call_uuid, "RequestUUID": call.request_uuid, "CallStatus": "ringing"}
+        params |= {"From": call.from_, "To": call.to, "Direction": call.direction, "Event": "Ring"}
+        status, _ = await self.post_signed(call.ring_url, params)
+        return status
+
+    async def hang_up(self, call_id: str, status: str, cause: str = "", *, token: str | None = None) -> int:
+        """The call (by ``request_uuid`` or ``call_uuid``) ends with ``CallStatus`` ``status``, posted
+        to its ``hangup_url`` as Plivo does, signed with ``token`` (default: ours); the app's status."""
+        call = self.calls.get(call_id) or next(c for c in self.calls.values() if c.request_uuid == call_id)
+        call.status = "completed"
+        params = {"CallUUID": call.call_uuid, "CallStatus": status, "Event": "Hangup", "Direction": call.direction}
+        params |= {"From": call.from_, "To": call.to, "HangupCause": cause or status, "Duration": "0"}
+        if call.request_uuid:
+            params["RequestUUID"] = call.request_uuid
+        code, _ = await self.post_signed(call.hangup_url, params, token=token)
+        return code
+
+    async def post_signed(self, url: str, params: dict[str, str], *, token: str | None = None) -> tuple[int, str]:
+        """POST ``params`` to ``url`` with Plivo's V3 signature; the app's status and answer."""
+        nonce = secrets.token_hex(10)
+        signature = signature_v3(token or self.auth_token, url, params, nonce)
+        headers = {"X-Plivo-Signature-V3-Nonce": nonce, "X-Plivo-Signature-V3": signature}
+        return await self.post_form(url, headers, params)
 
     async def fetch_xml(self, call: PlivoCall, url: str, *, signed: bool = True) -> tuple[int, str]:
         """POST the call's parameters to ``url`` as Plivo does; act on a ``<Stream>`` answer."""
@@ -152,6 +183,7 @@ class FakePlivo(FakeProvider):
             return self.error(400, f"invalid 'to' number: {body['to']}")
         request_uuid = str(uuid.uuid4())
         call = PlivoCall(request_uuid, str(uuid.uuid4()), body["from"], body["to"], "outbound", body["answer_url"])
+        call.ring_url, call.hangup_url = body.get("ring_url", ""), body.get("hangup_url", "")
         self.calls[request_uuid] = call
         answer = {"api_id": str(uuid.uuid4()), "message": "call fired", "request_uuid": request_uuid}
         return web.json_response(answer, status=201)

@@ -4,6 +4,7 @@ SDK runs unchanged against it::
     async with FakeTelnyx() as fake:        # base_url: fake.url; webhooks signed with fake.public_key
         await fake.incoming(webhook_url, from_="+1...", to="+1...")   # a call arrives
         await fake.pick_up(call_control_id)                            # the callee answers a dialled call
+        await fake.hang_up(call_control_id, "user_busy")               # or it ends: call.hangup
 
 Endpoints (JSON bodies, ``Authorization: Bearer <api key>``):
 
@@ -15,8 +16,10 @@ Endpoints (JSON bodies, ``Authorization: Bearer <api key>``):
 Errors are Telnyx's ``{"errors": [{"code", "title", "detail", "source": {"pointer"}}]}``. After an
 ``answer`` the fake posts ``call.answered`` (with the answer's ``client_state``); after a
 ``streaming_start`` it opens the media socket through ``opener`` with the ``custom_parameters``
-(and ``from``/``to``). Webhooks are signed as Telnyx signs them: Ed25519 over ``"{timestamp}|{body}"``
-in ``telnyx-signature-ed25519``, the Unix time in ``telnyx-timestamp``.
+(and ``from``/``to``). ``hang_up`` ends a call with ``call.hangup`` and its ``hangup_cause``;
+``hangup_at_dial`` has the next dial's call end so before the dial is answered. Webhooks are signed
+as Telnyx signs them: Ed25519 over ``"{timestamp}|{body}"`` in ``telnyx-signature-ed25519``, the
+Unix time in ``telnyx-timestamp``.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class FakeTelnyx(FakeProvider):
         raw = self._signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.public_key = base64.b64encode(raw).decode()
         self.calls: dict[str, TelnyxCall] = {}
+        self.hangup_at_dial: str | None = None
+        """A ``hangup_cause``: the next dialled call ends with it, reported before the dial's answer."""
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v2/calls", self._dial)
@@ -87,8 +92,28 @@ class FakeTelnyx(FakeProvider):
         call.state = "answered"
         return await self.event(call, "call.answered")
 
-    async def event(self, call: TelnyxCall, event_type: str, *, timestamp: int | None = None) -> int:
-        """Post a call event, signed, to the call's webhook URL; the app's status."""
+    async def hang_up(
+        self, call_control_id: str, cause: str, *, url: str | None = None, signer: FakeTelnyx | None = None
+    ) -> int:
+        """The call ends (``call.hangup`` with ``hangup_cause`` ``cause``, to ``url`` or the call's
+        webhook URL, signed by ``signer``'s key, default ours); the app's status."""
+        call = self.calls[call_control_id]
+        call.state = "hangup"
+        extra = {"hangup_cause": cause, "hangup_source": "callee", "sip_hangup_cause": "486"}
+        return await self.event(call, "call.hangup", extra=extra, url=url, signer=signer)
+
+    async def event(
+        self,
+        call: TelnyxCall,
+        event_type: str,
+        *,
+        timestamp: int | None = None,
+        extra: dict[str, Any] | None = None,
+        url: str | None = None,
+        signer: FakeTelnyx | None = None,
+    ) -> int:
+        """Post a call event (with ``extra`` payload fields), signed, to ``url`` or the call's webhook
+        URL; the app's status."""
         payload = {
             "call_control_id": call.call_control_id,
             "call_leg_id": str(uuid.uuid4()),
@@ -99,7 +124,7 @@ class FakeTelnyx(FakeProvider):
             "from": call.from_,
             "to": call.to,
             "state": call.state,
-        }
+        } | (extra or {})
         body = orjson.dumps(
             {
                 "data": {
@@ -112,7 +137,7 @@ class FakeTelnyx(FakeProvider):
                 "meta": {"attempt": 1, "delivered_to": call.webhook_url},
             }
         )
-        return await self.post_webhook(call.webhook_url, self.sign(body, timestamp), data=body)
+        return await self.post_webhook(url or call.webhook_url, (signer or self).sign(body, timestamp), data=body)
 
     def sign(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
         ts = str(int(time.time()) if timestamp is None else timestamp)
@@ -156,6 +181,9 @@ class FakeTelnyx(FakeProvider):
         call = TelnyxCall(new_call_control_id(), body["from"], body["to"], "outgoing", body.get("webhook_url", ""))
         call.client_state = body.get("client_state")
         self.calls[call.call_control_id] = call
+        if self.hangup_at_dial is not None:
+            cause, self.hangup_at_dial = self.hangup_at_dial, None
+            await self.hang_up(call.call_control_id, cause)
         data = {
             "call_control_id": call.call_control_id,
             "call_leg_id": str(uuid.uuid4()),

@@ -3,6 +3,7 @@
     async with FakeVonage(application_id, public_key_pem) as fake:   # base URL: fake.url
         call, status, ncco = await fake.incoming(answer_url, from_="14155550199", to="14155550100")
         call, status, ncco = await fake.pick_up(uuid)                  # the callee of a created call answers
+        status = await fake.event(uuid, "busy")                        # a call event to its event_url
 
 Endpoints (JSON; ``Authorization: Bearer`` an application JWT, RS256 with the application's key,
 ``application_id`` claim):
@@ -16,10 +17,13 @@ Errors are RFC 7807 problems (``type``, ``title``, ``detail``, ``invalid_paramet
 webhooks are GETs with ``to``, ``from``, ``uuid``, ``conversation_uuid`` added to the URL's query,
 signed with a JWT (HS256 with the signature secret; ``iat``, ``jti``, ``application_id``). A
 ``connect`` to a ``websocket`` endpoint opens the media socket through ``opener`` with its headers.
+Call events are POSTed as JSON to the call's ``event_url``, signed the same way with the body's
+SHA-256 as ``payload_hash``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
+import orjson
 from aiohttp import web
 
 from tests.telephony_fakes.base import FakeProvider
@@ -38,6 +43,7 @@ class VonageCall:
     from_: str
     to: str
     answer_url: str
+    event_url: str = ""
     status: str = "started"
     """``started``, ``answered``, ``completed``."""
     nccos: list[Any] = field(default_factory=list)
@@ -104,6 +110,31 @@ class FakeVonage(FakeProvider):
                         self.open_stream(end["uri"], call.uuid, end.get("headers", {}))
         return status, ncco
 
+    async def event(self, call_uuid: str, status: str, *, secret: str | None = None, **fields: Any) -> int:
+        """POST a call event (``status``, and ``fields`` such as ``detail``) to the call's
+        ``event_url``, signed with ``secret`` (default: ours); the app's status."""
+        call = self.calls[call_uuid]
+        call.status = status
+        event = {
+            "uuid": call.uuid,
+            "conversation_uuid": "CON-" + call.uuid,
+            "status": status,
+            "direction": "outbound",
+            "from": call.from_,
+            "to": call.to,
+            "timestamp": "2026-12-03T10:00:00.000Z",
+        } | fields
+        body = orjson.dumps(event)
+        claims = {
+            "iat": int(time.time()),
+            "jti": str(uuid.uuid4()),
+            "application_id": self.application_id,
+            "payload_hash": hashlib.sha256(body).hexdigest(),
+        }
+        token = jwt.encode(claims, secret or self.signature_secret, algorithm="HS256")
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        return await self.post_webhook(call.event_url, headers, data=body)
+
     # -- endpoints -----------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
@@ -137,6 +168,7 @@ class FakeVonage(FakeProvider):
         call = VonageCall(
             str(uuid.uuid4()), str((body.get("from") or {}).get("number", "")), number, body["answer_url"][0]
         )
+        call.event_url = (body.get("event_url") or [""])[0]
         self.calls[call.uuid] = call
         answer = {
             "uuid": call.uuid,

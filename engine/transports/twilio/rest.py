@@ -145,12 +145,15 @@ def call_form(
     status_callback: str | None = None,
     status_callback_events: Sequence[str] = ("initiated", "ringing", "answered", "completed"),
 ) -> list[tuple[str, str]]:
-    """The form fields of a create-call request (``StatusCallbackEvent`` repeats)."""
+    """The form fields of a create-call request (``StatusCallbackEvent`` repeats). With
+    ``status_callback``, Twilio POSTs the call's ``CallStatus`` there at each of those events
+    (``completed`` carries the final one: ``completed``, ``busy``, ``no-answer``, ``failed``,
+    ``canceled``)."""
     if len(twiml) > MAX_TWIML:
         raise ValueError(f"the TwiML is {len(twiml)} characters; Twilio takes at most {MAX_TWIML}")
     form = [("To", to), ("From", from_), ("Twiml", twiml)]
     if status_callback:
-        form.append(("StatusCallback", status_callback))
+        form += [("StatusCallback", status_callback), ("StatusCallbackMethod", "POST")]
         form += [("StatusCallbackEvent", event) for event in status_callback_events]
     return form
 
@@ -203,8 +206,8 @@ class TwilioRest:
 
     async def create_call(self, *, to: str, from_: str, twiml: str, status_callback: str | None = None) -> TwilioCall:
         """Place a call from ``from_`` (a number of the account) to ``to``, running ``twiml`` once
-        answered. Returns Twilio's call (``status`` ``queued``). ``ValueError`` for TwiML over
-        ``MAX_TWIML`` characters."""
+        answered, its status events POSTed to ``status_callback`` if given. Returns Twilio's call
+        (``status`` ``queued``). ``ValueError`` for TwiML over ``MAX_TWIML`` characters."""
         form = call_form(to, from_, twiml, status_callback)
         return TwilioCall.parse(await self._post(f"{self._calls_url}.json", form))
 
