@@ -20,18 +20,20 @@ from ringline.api.http import NotConfigured, ValidationFailed
 from ringline.api.media import close_call, open_call
 from ringline.api.state import SETTINGS, STORE, WEBHOOKS
 from ringline.api.store import Call as CallRow
-from ringline.api.store import PhoneNumber
+from ringline.api.store import PhoneNumber, StoreError
 from ringline.api.v1.numbers import SipTrunkConfig
 from ringline.config.settings import AgentConfig
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
 from ringline.engine.errors import RinglineError
 from ringline.engine.record import EndReason
+from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.events import CallStarted
 from ringline.engine.transports.rtp.clock import RtpTicker
 from ringline.engine.transports.sip.leg import SipLeg, new_call_id
 from ringline.engine.transports.sip.outbound import DialFailed, Route, dial
 from ringline.engine.transports.sip.ua import SipUserAgent
+from ringline.engine.transports.sip.uri import SipUri
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,26 @@ class AppSipCalls:
                 except ValueError:
                     continue  # a host name: trunks by name need digest or allowed_addresses
         return False
+
+    async def route(self, destination: str, leg: SipLeg) -> Route:
+        """A ``sip:`` URI directly; a number through the trunk of our number on the call (the
+        one called, or calling out), else through the peer the call came from."""
+        ours = leg.parameters.get("from" if leg.parameters.get("direction") == "outbound" else "to", "")
+        caller = ours or "ringline"
+        try:
+            if destination.startswith(("sip:", "sips:")):
+                uri = SipUri.parse(destination)
+                return Route(target=destination, address=await _resolve(uri.host, uri.port or 5060), caller=caller)
+            trunk_id = leg.parameters.get("sip_trunk_id")
+            if trunk_id is None and ours and (number := await self._app[STORE].find_number(ours)) is not None:
+                trunk_id = number.sip_trunk_id
+            if trunk_id is not None:
+                trunk = SipTrunkConfig.model_validate((await self._app[STORE].get_sip_trunk(trunk_id)).config)
+                return await _route(trunk, destination, caller=caller)
+        except (OSError, RinglineError, StoreError, ValueError) as exc:
+            raise TransferFailed(f"cannot reach {destination}: {exc}") from None
+        host, port = leg.remote
+        return Route(target=f"sip:{destination}@{host}:{port}", address=leg.remote, caller=caller)
 
     async def open(self, leg: SipLeg) -> Call:
         started = CallStarted(leg.id, leg.sip_call_id, leg.parameters)
@@ -127,13 +149,17 @@ async def _route(trunk: SipTrunkConfig, to: str, *, caller: str) -> Route:
         proxy = trunk.outbound_proxy.removeprefix("sip:").split(";", 1)[0]
         host, _, proxy_port = proxy.partition(":")
         via_port = int(proxy_port) if proxy_port else 5060
-    infos = await asyncio.get_running_loop().getaddrinfo(host.strip("[]"), via_port, type=socket.SOCK_DGRAM)
-    address = infos[0][4][:2]
+    address = await _resolve(host, via_port)
     password = trunk.password.get_secret_value() if trunk.password is not None else None
     return Route(
         target=f"sip:{to}@{trunk.host}:{port}", address=address, caller=caller,
         username=trunk.username, password=password, codecs=tuple(trunk.codecs),
     )  # fmt: skip
+
+
+async def _resolve(host: str, port: int) -> tuple[str, int]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host.strip("[]"), port, type=socket.SOCK_DGRAM)
+    return infos[0][4][:2]
 
 
 async def _dial_and_run(

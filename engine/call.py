@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ringline.config.settings import AgentConfig
@@ -36,7 +37,7 @@ from ringline.engine.recording import CallRecorder, RecordedTransport
 from ringline.engine.responder import Responder, ToolRunner
 from ringline.engine.stt.base import SttSession
 from ringline.engine.tools import ToolRegistry, default_registry
-from ringline.engine.transports.base import MediaTransport, TransferFailed
+from ringline.engine.transports.base import Briefing, MediaTransport, TransferFailed
 from ringline.engine.turns import (
     AbandonReply,
     Action,
@@ -128,6 +129,8 @@ class Call:
         self._silence = SilenceWatch(agent.silence)
         self._limit: DurationLimit | None = None
         self._handover: asyncio.Task[str | None] | None = None
+        self._briefing: str | None = None
+        """What a warm transfer under way tells whoever answers."""
         """The transport handing the call over (``transfer``): None once done, else why not."""
         self._stt: SttSession | None = None
         self._stt_converter: AudioConverter | None = None
@@ -260,7 +263,8 @@ class Call:
 
     async def on_audio(self, payload: bytes) -> None:
         """One inbound media message (usually exactly one 20 ms frame): the hot path."""
-        if self.status is not CallStatus.ACTIVE:
+        status = self.status
+        if status is not CallStatus.ACTIVE and status is not CallStatus.TRANSFERRING:
             return
         self.last_heard = self._clock.now()
         if len(payload) == self._frame_bytes:
@@ -364,7 +368,10 @@ class Call:
     # -- actions ------------------------------------------------------------------------------
 
     async def _apply(self, actions: list[Action]) -> None:
+        holding = self.status is CallStatus.TRANSFERRING  # the caller waits for the hand-over
         for action in actions:
+            if holding and not isinstance(action, Finalize | Respond):
+                continue  # nothing to prepare, pause or abandon: the agent is done talking
             match action:
                 case Finalize():
                     if self._stt is not None:
@@ -375,6 +382,9 @@ class Call:
                     self._start_reply(metrics=self._pending, held=True)
                 case DropPrepared():
                     await self._drop_prepared()
+                case Respond(text) if holding:
+                    self._settle(self.context.add(Message("user", text)))  # heard, not answered
+                    self._pending = TurnMetrics()
                 case Respond(text):
                     metrics = self._pending
                     metrics.turn_committed = self._clock.now()
@@ -610,13 +620,18 @@ class Call:
         else:
             self._spawn_end(EndReason.API_ENDED, "end-call")
 
-    async def transfer(self, destination: str, message: str | None = None) -> None:
-        """Hand the call over to ``destination`` (after announcing ``message`` if given). Raises
-        ``TransferFailed`` at once if this call's transport cannot transfer."""
+    async def transfer(self, destination: str, message: str | None = None, briefing: str | None = None) -> None:
+        """Hand the call over to ``destination`` (after announcing ``message`` if given). With a
+        ``briefing``, a warm transfer: whoever answers hears it (in the agent's voice) before the
+        caller is connected; the caller waits, heard but not answered. Raises ``TransferFailed``
+        at once if this call's transport cannot transfer."""
         self._check_active("transfer")
         if (why := self._transport.transfer_unavailable) is not None:
             raise TransferFailed(why)
-        self.events.emit(EventType.CONTROL, command="transfer", destination=destination, message=message)
+        self.events.emit(
+            EventType.CONTROL, command="transfer", destination=destination, message=message, briefing=briefing
+        )
+        self._briefing = briefing
         self._set_status(CallStatus.TRANSFERRING)
         if message:
             await self._take_floor()
@@ -640,8 +655,9 @@ class Call:
             self._handover = asyncio.create_task(self._run_transfer(destination), name=f"transfer-{self.call_id}")
 
     async def _run_transfer(self, destination: str) -> str | None:
+        briefing = None if self._briefing is None else self._render(self._briefing)
         try:
-            await self._transport.transfer(destination)
+            await self._transport.transfer(destination, briefing)
         except TransferFailed as exc:
             why = str(exc)
         except Exception as exc:  # a transport's bug: the caller is still owed an answer
@@ -657,6 +673,28 @@ class Call:
             await self._take_floor()
             self._start_reply(script=self.agent.transfer_failed_message)
         return why
+
+    def _render(self, text: str) -> Briefing:
+        """``text`` in the agent's voice, in whatever format the transport asks for."""
+        tts = FailoverTts((self._providers.tts, *self._providers.tts_fallbacks), self)
+
+        async def render(fmt: AudioFormat) -> bytes:
+            async def phrases() -> AsyncIterator[str]:
+                yield text
+
+            out, converter = bytearray(), None
+            async for speech in tts.stream(phrases(), fmt):
+                chunk = speech.chunk
+                if chunk.format == fmt:
+                    out += chunk.data
+                else:
+                    converter = converter or AudioConverter(chunk.format, fmt)
+                    out += converter.convert(chunk.data)
+            if converter is not None:
+                out += converter.flush()
+            return bytes(out)
+
+        return render
 
     async def send_dtmf(self, keys: str) -> None:
         """Press ``keys`` towards the far end (the ``send_dtmf`` tool: IVR navigation). Raises

@@ -36,7 +36,7 @@ from typing import BinaryIO
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.audio.g711 import decode, encode
 from ringline.engine.dtmf import tones
-from ringline.engine.transports.base import MediaTransport
+from ringline.engine.transports.base import Briefing, MediaTransport
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +339,8 @@ class RecordedTransport:
     def transfer_unavailable(self) -> str | None:
         return self._inner.transfer_unavailable
 
-    async def transfer(self, destination: str) -> None:
-        await self._inner.transfer(destination)
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
+        await self._inner.transfer(destination, briefing)
 
     async def send_dtmf(self, keys: str) -> None:
         await self._inner.send_dtmf(keys)

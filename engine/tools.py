@@ -33,9 +33,10 @@ class CallControl(Protocol):
         """Record that something failed on the call (a ``fault`` event), and why."""
         ...
 
-    async def transfer(self, destination: str, message: str | None = None) -> None:
-        """Hand the call over to ``destination`` (after saying ``message``); raises ``TransferFailed``
-        when this call's transport cannot, ``CallNotActive`` when the call is not in progress."""
+    async def transfer(self, destination: str, message: str | None = None, briefing: str | None = None) -> None:
+        """Hand the call over to ``destination`` (after saying ``message``; a warm transfer briefs
+        whoever answers with ``briefing`` first); raises ``TransferFailed`` when this call's
+        transport cannot, ``CallNotActive`` when the call is not in progress."""
         ...
 
 
@@ -158,6 +159,8 @@ class TransferTarget:
     """When to transfer here; the LLM reads it."""
     message: str | None = None
     """Said to the caller before the transfer."""
+    warm: bool = False
+    """Brief whoever answers with the LLM's ``summary`` before connecting the caller."""
 
 
 def transfer_tool(name: str, description: str, targets: Sequence[TransferTarget]) -> tuple[Tool, Handler]:
@@ -167,15 +170,15 @@ def transfer_tool(name: str, description: str, targets: Sequence[TransferTarget]
     ``ends_reply``: a transfer that cannot start is an error result the LLM can tell the caller about."""
     allowed = {t.destination: t for t in targets}
     choices = "; ".join(f"{t.destination}: {t.description}" if t.description else t.destination for t in targets)
-    tool = Tool(
-        name,
-        f"{description} Destinations: {choices}.",
-        {
-            "type": "object",
-            "properties": {"destination": {"type": "string", "enum": list(allowed)}},
-            "required": ["destination"],
-        },
-    )
+    properties: dict[str, Any] = {"destination": {"type": "string", "enum": list(allowed)}}
+    if any(t.warm for t in targets):
+        properties["summary"] = {
+            "type": "string",
+            "description": "For a warm transfer: what the person answering should know before the caller joins "
+            "(who is calling and what they need), in one or two sentences.",
+        }
+    parameters = {"type": "object", "properties": properties, "required": ["destination"]}
+    tool = Tool(name, f"{description} Destinations: {choices}.", parameters)
 
     async def transfer(arguments: dict[str, Any], control: CallControl) -> str:
         destination = str(arguments.get("destination") or "")
@@ -183,7 +186,11 @@ def transfer_tool(name: str, description: str, targets: Sequence[TransferTarget]
         if target is None:
             return ToolError(f"error: {destination!r} is not a destination of {name}; allowed: {', '.join(allowed)}")
         try:
-            await control.transfer(target.destination, target.message)
+            briefing = None
+            if target.warm:
+                summary = str(arguments.get("summary") or "").strip()
+                briefing = f"Hello, this is an automated assistant with a caller for you. {summary}".strip()
+            await control.transfer(target.destination, target.message, briefing)
         except RinglineError as exc:  # TransferFailed, CallNotActive
             control.fault("transfer", f"{name}: {exc}")
             return ToolError(f"error: cannot transfer the call: {exc}")

@@ -13,7 +13,7 @@ from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.call import Call
 from ringline.engine.providers import Providers, build_providers
 from ringline.engine.tools import ToolRegistry
-from ringline.engine.transports.base import TransferFailed
+from ringline.engine.transports.base import Briefing, TransferFailed
 
 
 @dataclass
@@ -45,7 +45,7 @@ class RecordingTransport:
 
     transfer_unavailable: str | None = "this transport cannot transfer"
 
-    async def transfer(self, destination: str) -> None:
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
         raise TransferFailed(self.transfer_unavailable or "")
 
     def of(self, kind: str) -> list[Sent]:
@@ -95,11 +95,19 @@ class Phone:
 
     transfer_unavailable: str | None = None
     transferred_to: str | None = None
+    briefing: bytes | None = None
+    """A warm transfer's briefing, as the far end would have heard it."""
     refuse_transfer: bool = False
+    transfer_gate: asyncio.Event | None = None
+    """When set, a transfer completes only once the test sets it (the far end still ringing)."""
 
-    async def transfer(self, destination: str) -> None:
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
+        if self.transfer_gate is not None:
+            await self.transfer_gate.wait()
         if self.refuse_transfer:
             raise TransferFailed(f"provider refused the transfer to {destination}")
+        if briefing is not None:
+            self.briefing = await briefing(self.format)
         self.transferred_to = destination
         self.hung_up = True
 

@@ -100,11 +100,15 @@ class SipServer:
         return f"udp portrange {self.rtp_min}-{self.rtp_max}"
 
 
-def sip_settings(sip_port: int, rtp_min: int, rtp_max: int, *, recording: bool = False, **sip: Any) -> Settings:
+def sip_settings(
+    sip_port: int, rtp_min: int, rtp_max: int, *, recording: bool = False, webhook_url: str | None = None, **sip: Any
+) -> Settings:
     """config/bench.toml (fake providers; every reply 1.0 s of tone) with ``[telephony.sip]`` on 127.0.0.1,
-    callers from 127.0.0.1 allowed unless ``sip`` says otherwise."""
+    callers from 127.0.0.1 allowed unless ``sip`` says otherwise; webhooks to ``webhook_url`` if given."""
     data = load_settings("config/bench.toml").model_dump()
     data["agents"]["default"]["recording"] = recording
+    if webhook_url is not None:
+        data["webhooks"] = {"default_url": webhook_url, "secret": "s" * 32}
     data["telephony"]["sip"] = {
         "listen_host": HOST,
         "listen_port": sip_port,
@@ -119,11 +123,14 @@ def sip_settings(sip_port: int, rtp_min: int, rtp_max: int, *, recording: bool =
 
 
 @asynccontextmanager
-async def sip_server(*, rtp_ports: int = 40, recording: bool = False, **sip: Any) -> AsyncIterator[SipServer]:
+async def sip_server(
+    *, rtp_ports: int = 40, recording: bool = False, webhook_url: str | None = None, **sip: Any
+) -> AsyncIterator[SipServer]:
     """The whole server (``running``) with the SIP user agent on a free port and ``rtp_ports`` RTP ports."""
     base = free_port_block(rtp_ports + 1)
     sip_port, rtp_min, rtp_max = base + rtp_ports, base, base + rtp_ports - 1
-    async with running(sip_settings(sip_port, rtp_min, rtp_max, recording=recording, **sip)) as api:
+    settings = sip_settings(sip_port, rtp_min, rtp_max, recording=recording, webhook_url=webhook_url, **sip)
+    async with running(settings) as api:
         yield SipServer(api, sip_port, rtp_min, rtp_max)
 
 
@@ -131,19 +138,25 @@ async def sip_server(*, rtp_ports: int = 40, recording: bool = False, **sip: Any
 
 
 class Capture:
-    """dumpcap on the loopback interface with a capture ``filter``, to a pcap file; stopped on exit."""
+    """dumpcap on the loopback interface with a capture ``filter``, to a pcap file; stopped on exit,
+    once the file holds everything captured before (dumpcap gets packets from the kernel in blocks,
+    and loses the block it has not got yet when stopped: on exit a datagram only this capture sees
+    is sent, and the capture stops once the file has it)."""
 
     def __init__(self, filter: str, path: Path) -> None:
         self.filter = filter
         self.path = path
         self._process: asyncio.subprocess.Process | None = None
+        self._end_port = free_udp_port()
+        self._end = b"capture-end-%d" % random.getrandbits(64)
 
     async def __aenter__(self) -> Capture:
         dumpcap = shutil.which("dumpcap")
         if dumpcap is None:
             raise RuntimeError("dumpcap is missing: apt-get install tshark")
         self._process = await asyncio.create_subprocess_exec(
-            dumpcap, "-i", "lo", "-P", "-q", "-f", self.filter, "-w", str(self.path),
+            dumpcap, "-i", "lo", "-P", "-q", "-f", f"({self.filter}) or udp dst port {self._end_port}",
+            "-w", str(self.path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert self._process.stderr is not None
@@ -163,13 +176,26 @@ class Capture:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._drain()
         await self._stop()
+
+    async def _drain(self) -> None:
+        """Send the end datagram and wait (at most 5 s) until dumpcap has written it."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(self._end, (HOST, self._end_port))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while True:
+                    if self.path.exists() and self._end in self.path.read_bytes():
+                        return
+                    await asyncio.sleep(0.02)
 
     async def _stop(self) -> None:
         process, self._process = self._process, None
         if process is None or process.returncode is not None:
             return
-        await asyncio.sleep(0.05)  # the kernel hands dumpcap the last packets a moment after they left
         process.send_signal(signal.SIGINT)
         try:
             await asyncio.wait_for(process.wait(), 5)
@@ -178,7 +204,7 @@ class Capture:
             await process.wait()
 
     def packets(self) -> list[UdpPacket]:
-        return read_pcap(self.path)
+        return [p for p in read_pcap(self.path) if p.dst[1] != self._end_port]
 
 
 # -- sipp ------------------------------------------------------------------------------------------
@@ -281,6 +307,10 @@ async def run_sipp(
         process.kill()
         out, _ = await process.communicate()
         returncode = -9
+    except asyncio.CancelledError:  # the test gave up on it: leave no sipp behind
+        process.kill()
+        await process.wait()
+        raise
     assert returncode is not None
     stats: dict[str, str] = {}
     if files["stats"].exists():
@@ -296,6 +326,51 @@ async def run_sipp(
         _read(files["logs"]),
         stats,
     )
+
+
+def udp_bound(port: int) -> bool:
+    """Whether some socket is bound to UDP ``port`` on 127.0.0.1 (read from /proc, binding nothing)."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        address, hex_port = line.split()[1].split(":")
+        if int(hex_port, 16) == port and address in ("0100007F", "00000000"):
+            return True
+    return False
+
+
+@asynccontextmanager
+async def sipp_far_end(
+    scenario: str, workdir: Path, *, timeout_s: float = 20.0, **values: object
+) -> AsyncIterator[SippFarEnd]:
+    """sipp running ``scenario`` as a server (the far end Ringline calls), listening once entered:
+    ``far.sip_port`` takes SIP, ``far.media_port`` is what its SDP offers. Awaiting ``far.result``
+    waits for it to finish; leaving without that stops it."""
+    sip_port, media_port = free_udp_port(), free_port_block(4)
+    task = asyncio.create_task(
+        run_sipp(scenario, None, workdir, sip_port=sip_port, media_port=media_port, timeout_s=timeout_s, **values)
+    )
+    far = SippFarEnd(sip_port, media_port, task)
+    try:
+        async with asyncio.timeout(10):
+            while not udp_bound(sip_port):
+                if task.done():
+                    raise RuntimeError(f"sipp did not start: {task.result()!r}")
+                await asyncio.sleep(0.01)
+        yield far
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclass
+class SippFarEnd:
+    sip_port: int
+    media_port: int
+    task: asyncio.Task[SippResult]
+
+    async def result(self, timeout_s: float = 30.0) -> SippResult:
+        return await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
 
 
 # -- baresip ---------------------------------------------------------------------------------------

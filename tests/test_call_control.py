@@ -3,6 +3,7 @@ whole call in memory, frame by frame on a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -191,6 +192,26 @@ async def test_transfer_announces_then_hands_the_call_over(call):
     assert d.phone.heard_seconds() == pytest.approx(1.0, abs=0.05)  # heard the announcement first
     assert (d.call.record.end_reason, d.call.record.end_detail) == (EndReason.TRANSFERRED, "+14155550100")
     assert [s["status"] for s in events.of(EventType.STATUS)] == ["active", "transferring", "ending", "ended"]
+
+
+async def test_a_warm_transfer_briefs_in_the_agents_voice_and_the_waiting_caller_is_heard_not_answered(call):
+    d, events = await call()
+    d.phone.transfer_gate = gate = asyncio.Event()
+    await d.call.transfer("sip:sales@example.com", briefing="A caller wants a table for four.")
+    try:
+        assert d.call.status is CallStatus.TRANSFERRING
+        await d.say(BOOK)  # the caller talks while the far end rings
+        await d.until(lambda: len(d.call.transcript()) == 1, limit=3.0)
+        assert d.call.transcript()[0]["role"] == "user" and not d.phone.media_times  # heard, not answered
+    finally:
+        gate.set()
+    await d.until(lambda: d.call.status is CallStatus.ENDED)
+    assert d.phone.transferred_to == "sip:sales@example.com"
+    assert d.phone.briefing is not None
+    assert d.phone.format.duration(len(d.phone.briefing)) == pytest.approx(1.0, abs=0.05)  # one phrase of fake TTS
+    (control,) = events.of(EventType.CONTROL)
+    assert control["briefing"] == "A caller wants a table for four."
+    assert d.call.record.end_reason is EndReason.TRANSFERRED
 
 
 async def test_a_transfer_the_provider_refuses_is_told_to_the_caller_and_the_call_goes_on(call):

@@ -162,7 +162,7 @@ class Control:
     def fault(self, stage: str, detail: str) -> None:
         self.faults.append((stage, detail))
 
-    async def transfer(self, destination: str, message: str | None = None) -> None:
+    async def transfer(self, destination: str, message: str | None = None, briefing: str | None = None) -> None:
         if self._transfer_error is not None:
             raise TransferFailed(self._transfer_error)
         self.transfers.append((destination, message))
@@ -691,7 +691,7 @@ async def test_a_transfer_tool_on_a_call_that_cannot_transfer_is_an_error_the_ll
         live = LiveCall(server)
         await live.ended()
     said = live.said()
-    error = "error: cannot transfer the call: transfer on Twilio needs its REST API: set [telephony.twilio] "
+    error = "error: cannot transfer the call: transfer on twilio needs its REST API: configure [telephony.twilio]"
     assert any(role is Role.TOOL and content.startswith(error) for role, content in said)
     assert said[-1] == (Role.ASSISTANT, "Sorry.")
     assert [e["stage"] for e in live.events("fault")] == ["transfer"]

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 from ringline.api.app import CALLS
-from ringline.api.sip import SIP_UA
 from ringline.api.store import CallStatus, Role
 from ringline.benchmarks.clips import load_clip
 from ringline.engine.audio.g711 import ulaw_decode
 from ringline.engine.call import Call
-from ringline.engine.transports.sip.outbound import Route, dial
 from ringline.engine.turns import TurnState
+from tests.api_fixtures import API
 from tests.sip_fixtures import HOST, Baresip, SipServer, read_wav, sip_server, write_wav
 
 pytestmark = pytest.mark.timeout(45)
@@ -26,6 +25,7 @@ RATE = 8000
 TONE_HZ = 440.0  # the bench TTS's tone
 REPLY_S = 1.0
 CLIP = ulaw_decode(load_clip("book_table.wav"))
+CALLER, CALLEE = "+14155550100", "+14155550199"  # outbound: our number on the trunk, baresip's account
 
 
 def match(recording: np.ndarray, clip: np.ndarray) -> float:
@@ -105,24 +105,30 @@ async def test_baresip_calls_ringline_and_each_hears_the_other(tmp_path: Path) -
 
 
 async def test_ringline_calls_baresip_and_each_hears_the_other(tmp_path: Path) -> None:
-    """Outbound, through the user agent's ``dial`` (the control API does not place SIP calls yet):
-    baresip answers at once and speaks first, as a callee does; the agent answers its turn."""
-    async with sip_server(recording=True) as server, Baresip(tmp_path / "baresip", speaking(tmp_path)) as phone:
-        ua = server.api.app[SIP_UA]
-        route = Route(target=phone.uri, address=(HOST, phone.sip_port), caller="+14155550100")
-        leg = await asyncio.wait_for(dial(ua, route, {"direction": "outbound", "to": phone.uri}), 10)
+    """Outbound, through the control API (``POST /calls`` from a number on a SIP trunk whose host is
+    baresip): baresip answers at once and speaks first, as a callee does; the agent answers its turn."""
+    async with (
+        sip_server(recording=True) as server,
+        Baresip(tmp_path / "baresip", speaking(tmp_path), user=CALLEE) as phone,
+    ):
+        key = await server.api.key()
+        trunk = {"name": "baresip", "config": {"host": HOST, "port": phone.sip_port, "transport": "udp"}}
+        async with server.api.post(f"{API}/sip-trunks", key=key, json=trunk) as resp:
+            assert resp.status == 201, await resp.text()
+            trunk_id = (await resp.json())["data"]["id"]
+        number = {"number": CALLER, "provider": "sip", "sip_trunk_id": trunk_id}
+        async with server.api.post(f"{API}/phone-numbers", key=key, json=number) as resp:
+            assert resp.status == 201, await resp.text()
+        async with server.api.post(f"{API}/calls", key=key, json={"to": CALLEE, "from": CALLER}) as resp:
+            assert resp.status == 201, await resp.text()
+            call_id = (await resp.json())["data"]["id"]
         await phone.event("CALL_ESTABLISHED")
-        call = await ua.calls.open(leg)
-        running = asyncio.create_task(leg.run(call))
-        try:
-            await replied(call)
-            await asyncio.sleep(0.3)  # the reply's last packets on their way to baresip's recorder
-            await phone.command("hangup")
-            await phone.event("CALL_CLOSED")
-            await asyncio.wait_for(running, 5)
-        finally:
-            running.cancel()
-        ua.calls.closed(leg, call)
+        call = await live_call(server)
+        assert call.call_id == call_id
+        await replied(call)
+        await asyncio.sleep(0.3)  # the reply's last packets on their way to baresip's recorder
+        await phone.command("hangup")
+        await phone.event("CALL_CLOSED")
         row = await ended(server)
         messages = [(m.role, m.content) for m in await server.api.store.list_messages(row.id)]
     assert messages == [(Role.USER, "Tell me more."), (Role.ASSISTANT, "Sure, here is the answer")]

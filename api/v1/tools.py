@@ -144,6 +144,11 @@ class TransferDestination(ApiModel):
     )
     description: str = Field("", max_length=500, description="When to transfer here; the LLM reads this.")
     message: str | None = Field(None, max_length=1000, description="Said to the caller before transferring.")
+    warm: bool = Field(
+        False,
+        description="A warm transfer: the agent calls the destination, briefs whoever answers with the summary "
+        "the LLM writes, then connects the caller (native SIP calls only).",
+    )
 
     @field_validator("destination")
     @classmethod

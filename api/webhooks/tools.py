@@ -86,7 +86,7 @@ async def add_agent_tools(
         elif isinstance(config, EndCallTool):
             tools.register(*end_call_tool(name, config.description), ends_reply=True)
         elif isinstance(config, TransferCallTool):
-            targets = [TransferTarget(d.destination, d.description, d.message) for d in config.destinations]
+            targets = [TransferTarget(d.destination, d.description, d.message, d.warm) for d in config.destinations]
             tools.register(*transfer_tool(name, config.description, targets), ends_reply=True)
         elif isinstance(config, SendDtmfTool):
             tools.register(*send_dtmf_tool(name, config.description))

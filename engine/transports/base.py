@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ringline.engine.audio.formats import AudioFormat
@@ -14,6 +15,13 @@ class TransferFailed(RinglineError):
 
 class SendDtmfFailed(RinglineError):
     """The transport could not press DTMF keys towards the far end."""
+
+
+WARM_ON_SIP_ONLY = "a warm transfer needs both legs in Ringline's hands: native SIP calls only"
+
+Briefing = Callable[[AudioFormat], Awaitable[bytes]]
+"""What a warm transfer says to whoever answers before the caller joins, rendered in that leg's
+audio format (the call's TTS speaks it)."""
 
 
 class MediaTransport(Protocol):
@@ -48,9 +56,11 @@ class MediaTransport(Protocol):
         """Why ``transfer`` cannot work on this call (None: it can)."""
         ...
 
-    async def transfer(self, destination: str) -> None:
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
         """Hand the call over to ``destination`` (E.164 number or SIP URI) at the provider; the
-        media stream then ends. Raises ``TransferFailed`` if the provider refuses."""
+        media stream then ends. With a ``briefing`` (a warm transfer), whoever answers hears it
+        before the caller is connected: only where the transport carries both legs (native SIP).
+        Raises ``TransferFailed`` if the provider refuses or a warm transfer cannot be done."""
         ...
 
     async def send_dtmf(self, keys: str) -> None:

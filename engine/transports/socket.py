@@ -20,7 +20,7 @@ from ringline.engine.call import Call
 from ringline.engine.dtmf import tones
 from ringline.engine.errors import RemoteProtocolError, RinglineError
 from ringline.engine.record import EndReason
-from ringline.engine.transports.base import SendDtmfFailed, TransferFailed
+from ringline.engine.transports.base import WARM_ON_SIP_ONLY, Briefing, SendDtmfFailed, TransferFailed
 from ringline.engine.transports.events import (
     AudioReceived,
     CallStarted,
@@ -130,7 +130,9 @@ class SocketTransport:
             return f"transfer on {self.codec.name} needs its REST API: configure [telephony.{self.codec.name}]"
         return None
 
-    async def transfer(self, destination: str) -> None:
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
+        if briefing is not None:
+            raise TransferFailed(WARM_ON_SIP_ONLY)
         if self.transferrer is None:
             raise TransferFailed(self.transfer_unavailable or "transfer unavailable")
         await self.transferrer(destination)

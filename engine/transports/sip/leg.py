@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ringline.engine.audio.formats import ALAW_8K, MULAW_8K, AudioFormat
 from ringline.engine.record import EndReason
-from ringline.engine.transports.base import SendDtmfFailed, TransferFailed
+from ringline.engine.transports.base import Briefing, SendDtmfFailed, TransferFailed
 from ringline.engine.transports.events import AudioReceived, DtmfReceived, MarkPlayed
 from ringline.engine.transports.rtp.endpoint import RtpEndpoint
 from ringline.engine.transports.sip.dialog import Dialog, DialogError
@@ -35,7 +35,13 @@ log = logging.getLogger(__name__)
 FORMATS = {"PCMU": MULAW_8K, "PCMA": ALAW_8K}
 CODECS = {"PCMU": PCMU, "PCMA": PCMA}
 REFER_TIMEOUT_S = 30.0
+BRIEFING_GRACE_S = 5.0
+"""How much longer than its audio a briefing may take to play out."""
 """How long a transfer may take to report its outcome (NOTIFY) before it counts as failed."""
+
+
+class ReferRefused(TransferFailed):
+    """The far end would not take the REFER itself (it may not do transfers at all)."""
 
 
 class LegState(enum.Enum):
@@ -83,7 +89,9 @@ class SipLeg:
         self._confirmed = asyncio.Event()
         self._ended = asyncio.Event()
         self._bye_sent = False
-        self._refer: asyncio.Future[int] | None = None
+        self._refer_outcome: asyncio.Future[int] | None = None
+        self.bridged: SipLeg | None = None
+        """The leg this one is joined to once the call is transferred through us (``Bridge``)."""
         self._sdp_version = 0
         self.extra = {"call_id": self.id}
 
@@ -109,22 +117,34 @@ class SipLeg:
     def transfer_unavailable(self) -> str | None:
         return None if self.state is LegState.CONFIRMED else f"the SIP dialog is {self.state.value}"
 
-    async def transfer(self, destination: str) -> None:
-        """A blind transfer (RFC 3515 REFER, RFC 5589): the far end calls ``destination`` and
-        tells us how it went (NOTIFY with a sipfrag); on success we hang up."""
-        dialog = self.dialog
-        if dialog is None or self.state is not LegState.CONFIRMED:
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
+        """Cold: a blind transfer (RFC 3515 REFER, RFC 5589), the far end calls ``destination``
+        and tells us how it went (NOTIFY with a sipfrag); on success we hang up. A far end that
+        refuses REFER gets a bridged second leg instead. Warm (``briefing``): we call
+        ``destination`` ourselves, say the briefing to whoever answers, then bridge the caller in."""
+        if self.dialog is None or self.state is not LegState.CONFIRMED:
             raise TransferFailed(self.transfer_unavailable or "no dialog")
+        if briefing is None:
+            try:
+                await self._refer(destination)
+                return
+            except ReferRefused as exc:
+                log.info("sip: %s; bridging a second leg instead", exc, extra=self.extra)
+        self.bridged = await self.ua.transfer_leg(self, destination, briefing)
+
+    async def _refer(self, destination: str) -> None:
+        assert self.dialog is not None
         target = destination if destination.startswith(("sip:", "sips:")) else f"sip:{destination}@{self.remote[0]}"
-        refer = dialog.create_request(
+        refer = self.dialog.create_request(
             "REFER", headers=[("Refer-To", f"<{target}>"), ("Referred-By", f"<{self.ua.contact}>")]
         )
-        self._refer = asyncio.get_running_loop().create_future()
+        self._refer_outcome = asyncio.get_running_loop().create_future()
         response = await self.ua.request(refer, self.remote)
         if response.status >= 300:
-            raise TransferFailed(f"the far end refused the transfer: {response.status} {response.reason}")
+            raise ReferRefused(f"the far end refused REFER: {response.status} {response.reason}")
         try:
-            status = await asyncio.wait_for(self._refer, REFER_TIMEOUT_S)
+            async with asyncio.timeout(REFER_TIMEOUT_S):
+                status = await self._refer_outcome
         except TimeoutError:
             raise TransferFailed(f"no transfer outcome within {REFER_TIMEOUT_S:g} s") from None
         if status >= 300:
@@ -173,15 +193,35 @@ class SipLeg:
                 return
 
     async def _finish(self) -> None:
+        call = self.call
+        if call is not None:
+            await call.end(self.reason, self.detail)
+            self.ua.calls.closed(self, call)
+        if self.bridged is not None and self.state is not LegState.ENDED:
+            self.ua.bridge(self, self.bridged)  # the media goes on without the agent
+            return
         self._set_state(LegState.ENDED)
         self._confirmed.set()
-        if self.call is not None:
-            await self.call.end(self.reason, self.detail)
-        if self.reason not in (EndReason.CALLER_HANGUP,):
+        await self.release_bridged()
+
+    async def release_bridged(self) -> None:
+        """Hang up (unless the far end did) and free the ports."""
+        if self.reason is not EndReason.CALLER_HANGUP:
             self._bye()
         await self.endpoint.aclose()
         self.ua.release(self)
         self._ended.set()
+
+    async def brief(self, audio: bytes) -> None:
+        """Play ``audio`` (a warm transfer's briefing) to this leg and return once it has played.
+        Raises ``TransferFailed`` if the far end hangs up first."""
+        self.endpoint.send_audio(audio)
+        self.endpoint.mark("briefing")
+        async with asyncio.timeout(self.format.duration(len(audio)) + BRIEFING_GRACE_S):
+            async for event in self.endpoint:
+                if isinstance(event, MarkPlayed) and event.name == "briefing":
+                    return
+        raise TransferFailed("the transfer target hung up during the briefing")
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         """End the leg from the signalling side: its ``run`` finishes the call."""
@@ -288,9 +328,9 @@ class SipLeg:
 
     def _refer_progress(self, notify: Request) -> None:
         """A NOTIFY of our REFER's progress: its body is a sipfrag status line."""
-        if self._refer is None or self._refer.done():
+        if self._refer_outcome is None or self._refer_outcome.done():
             return
         line = notify.body.split(b"\r\n", 1)[0].decode("utf-8", "replace")
         parts = line.split(" ", 2)
         if len(parts) >= 2 and parts[0] == "SIP/2.0" and parts[1].isdigit() and int(parts[1]) >= 200:
-            self._refer.set_result(int(parts[1]))
+            self._refer_outcome.set_result(int(parts[1]))

@@ -3,8 +3,8 @@ and early media, then the leg, or the reason there is none.
 
 ``dial`` returns a confirmed ``SipLeg`` (we sent the ACK) or raises ``DialFailed`` with the end
 reason the call is recorded with: ``busy`` (486, 600, 603), ``no_answer`` (nobody answered within
-``no_answer_timeout_s``: we CANCEL; or 408/480/487), ``failed`` (any other refusal, bad
-credentials, a far end that never answers at all, no common codec).
+``no_answer_timeout_s`` of ringing: we CANCEL; or 480/487), ``failed`` (any other refusal, bad
+credentials, a far end that never answers at all (timer B's 408), no common codec).
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ class DialFailed(RinglineError):
 
 
 BUSY = frozenset({486, 600, 603})
-NOT_ANSWERED = frozenset({408, 480, 487})
+CANCEL_GRACE_S = 32.0
+"""After our CANCEL, how long the far end has to end the INVITE (64*T1, RFC 3261 9.1)."""
+NOT_ANSWERED = frozenset({480, 487})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,25 +87,30 @@ async def _invite(
     )  # fmt: skip
     responses: asyncio.Queue[Response] = asyncio.Queue()
     ua.send_request(invite, route.address, responses.put_nowait)
-    deadline = ua.clock.now() + ua.config.no_answer_timeout_s
-    authenticated = cancelled = False
+    deadline: float | None = ua.clock.now() + ua.config.no_answer_timeout_s
+    authenticated = rang = cancelled = False
     try:
         while True:
             try:
-                async with asyncio.timeout(max(0.0, deadline - ua.clock.now()) if not cancelled else None):
+                async with asyncio.timeout_at(deadline):
                     response = await responses.get()
             except TimeoutError:
+                if cancelled:  # RFC 3261 9.1: the far end never ended the INVITE after our CANCEL
+                    raise DialFailed(DialOutcome.NO_ANSWER, "no answer, and no 487 to our CANCEL") from None
+                if not rang:  # nothing provisional: a CANCEL may not be sent; timer B ends it (408)
+                    deadline = None
+                    continue
                 log.info("sip: no answer from %s in %g s: cancelling", route.target, ua.config.no_answer_timeout_s)
                 ua.send_request(make_cancel(invite), route.address, None)
                 cancelled = True
+                deadline = ua.clock.now() + CANCEL_GRACE_S
                 continue
             status = response.status
             if status < 200:
-                if status in (180, 183):
-                    log.debug("sip: %s %s", status, response.reason)
+                rang = True
                 continue
             if status in (401, 407) and not authenticated and route.username and route.password:
-                ua.forget(invite.branch or "")
+                ua.forget(invite)
                 try:
                     invite = authorize(invite, response, route.username, route.password)
                 except DigestError as exc:
@@ -112,15 +119,16 @@ async def _invite(
                 ua.send_request(invite, route.address, responses.put_nowait)
                 continue
             if status >= 300:
-                raise DialFailed(_outcome(status, cancelled), f"{status} {response.reason}".strip())
+                outcome = _outcome(status, rang=rang, cancelled=cancelled)
+                raise DialFailed(outcome, f"{status} {response.reason}".strip())
             return _answered(ua, route, parameters, endpoint, invite, response, call_id)
     finally:
-        ua.forget(invite.branch or "")
+        ua.forget(invite)
 
 
-def _outcome(status: int, cancelled: bool) -> DialOutcome:
-    if cancelled or status in NOT_ANSWERED:
-        return DialOutcome.NO_ANSWER
+def _outcome(status: int, *, rang: bool, cancelled: bool) -> DialOutcome:
+    if cancelled or status in NOT_ANSWERED or (status == 408 and rang):
+        return DialOutcome.NO_ANSWER  # a 408 with nothing before it is timer B: the far end is not there
     return DialOutcome.BUSY if status in BUSY else DialOutcome.FAILED
 
 

@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Protocol
 
 from ringline.config.sip import SipConfig
 from ringline.engine.audio.clock import Clock, LoopClock
+from ringline.engine.record import EndReason
+from ringline.engine.transports.base import Briefing, TransferFailed
 from ringline.engine.transports.rtp.clock import RtpTicker
 from ringline.engine.transports.rtp.endpoint import PortRange
+from ringline.engine.transports.sip.bridge import Bridge
 from ringline.engine.transports.sip.dialog import DialogError
 from ringline.engine.transports.sip.digest import DigestVerifier
 from ringline.engine.transports.sip.inbound import answer_invite
 from ringline.engine.transports.sip.layer import TransactionLayer
 from ringline.engine.transports.sip.message import Request, Response, make_response
+from ringline.engine.transports.sip.outbound import DialFailed, Route, dial
 from ringline.engine.transports.sip.ratelimit import SourceLimiter
 from ringline.engine.transports.sip.transaction import Action, Cancelled, Deliver, TimedOut, Transmit
 
@@ -44,6 +48,11 @@ class SipCalls(Protocol):
 
     async def trusted(self, address: str) -> bool:
         """Whether a request from ``address`` needs no digest authentication (a trunk's address)."""
+        ...
+
+    async def route(self, destination: str, leg: SipLeg) -> Route:
+        """How to call ``destination`` (a number or ``sip:`` URI) for ``leg``'s caller; raises
+        ``TransferFailed`` when there is no way."""
         ...
 
     async def open(self, leg: SipLeg) -> Call:
@@ -69,8 +78,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.limiter = SourceLimiter(config.requests_per_second, burst=2 * config.requests_per_second)
         self._socket: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._waiters: dict[str, Callable[[Response], None]] = {}
-        """Requests we sent, by branch: who hears their responses."""
+        self._waiters: dict[tuple[str, str], Callable[[Response], None]] = {}
+        """Requests we sent, by branch and method (a CANCEL shares its INVITE's branch): who hears
+        their responses."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.host = ""
         self.port = 0
@@ -136,7 +146,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def send_request(self, request: Request, addr: Addr, on_response: Callable[[Response], None] | None) -> None:
         """Send ``request`` to ``addr`` in a new client transaction (or an ACK for a 2xx)."""
         if on_response is not None and request.branch:
-            self._waiters[request.branch] = on_response
+            self._waiters[request.branch, request.method] = on_response
         self._run(self.layer.send_request(request, self.clock.now(), addr))
 
     async def request(self, request: Request, addr: Addr) -> Response:
@@ -152,21 +162,45 @@ class SipUserAgent(asyncio.DatagramProtocol):
         try:
             return await final
         finally:
-            self._waiters.pop(request.branch or "", None)
+            self.forget(request)
 
     def respond(self, response: Response) -> None:
         self._run(self.layer.send_response(response, self.clock.now()))
 
-    def forget(self, branch: str) -> None:
-        """Stop telling anyone about responses to the request with this branch."""
-        self._waiters.pop(branch, None)
+    def forget(self, request: Request) -> None:
+        """Stop telling anyone about responses to ``request``."""
+        self._waiters.pop((request.branch or "", request.method), None)
 
     def release(self, leg: SipLeg) -> None:
-        """The leg has ended: forget it and tell the application."""
+        """The leg has ended: forget it."""
         if self.legs.get(leg.sip_call_id) is leg:
             del self.legs[leg.sip_call_id]
-        if leg.call is not None:
-            self.calls.closed(leg, leg.call)
+
+    # -- transfers through us ---------------------------------------------------------------------
+
+    async def transfer_leg(self, leg: SipLeg, destination: str, briefing: Briefing | None) -> SipLeg:
+        """Call ``destination`` for ``leg``'s caller (and brief whoever answers): the new leg,
+        to be bridged with ``leg`` once its call has ended. Raises ``TransferFailed``."""
+        route = await self.calls.route(destination, leg)
+        try:
+            other = await dial(self, route, {"direction": "outbound", "to": destination, "transfer_of": leg.id})
+        except DialFailed as exc:
+            raise TransferFailed(f"{destination}: {exc.outcome.value} ({exc.detail})") from None
+        if briefing is None:
+            return other
+        try:
+            await other.brief(await briefing(other.format))
+        except Exception as exc:
+            await other.abandon(EndReason.TRANSFERRED, f"briefing failed: {exc}")
+            raise exc if isinstance(exc, TransferFailed) else TransferFailed(f"the briefing failed: {exc}") from exc
+        except BaseException:
+            await other.abandon(EndReason.SERVER_SHUTDOWN, "cancelled during the briefing")
+            raise
+        return other
+
+    def bridge(self, a: SipLeg, b: SipLeg) -> None:
+        """Join two legs' media until either hangs up."""
+        self.spawn(Bridge(a, b).run(), f"sip-bridge-{a.id}")
 
     def _run(self, actions: list[Action]) -> None:
         for action in actions:
@@ -203,8 +237,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def _deliver(self, action: Deliver) -> None:
         message = action.message
         if isinstance(message, Response):
-            branch = action.request.branch if action.request is not None else message.branch
-            if (waiter := self._waiters.get(branch or "")) is not None:
+            sent = action.request
+            key = (sent.branch or "", sent.method) if sent is not None else (message.branch or "", message.cseq.method)
+            if (waiter := self._waiters.get(key)) is not None:
                 waiter(message)
             return
         self._on_request(message, action.addr)

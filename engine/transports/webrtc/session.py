@@ -24,7 +24,7 @@ from ringline.engine.audio.g711 import encode
 from ringline.engine.call import Call
 from ringline.engine.dtmf import tones
 from ringline.engine.record import EndReason
-from ringline.engine.transports.base import SendDtmfFailed, TransferFailed
+from ringline.engine.transports.base import Briefing, SendDtmfFailed, TransferFailed
 from ringline.engine.transports.webrtc.ice import keep_candidates
 from ringline.engine.transports.webrtc.media import InboundAudio, ReplyTrack
 from ringline.engine.transports.webrtc.sdp import SdpError, answer_format, codec_preferences, parse_offer
@@ -72,7 +72,7 @@ class WebRtcTransport:
     def transfer_unavailable(self) -> str | None:
         return "a WebRTC call has no phone line to hand over: transfer works on phone calls only"
 
-    async def transfer(self, destination: str) -> None:
+    async def transfer(self, destination: str, briefing: Briefing | None = None) -> None:
         raise TransferFailed(self.transfer_unavailable or "")
 
     async def send_dtmf(self, keys: str) -> None:
