@@ -425,6 +425,7 @@ async def test_sip_trunk_crud_keeps_the_password_and_never_answers_it(api: ApiSe
         "codecs": ["PCMU", "PCMA"],
         "outbound_proxy": "sip:proxy.example.com:5070",
         "registration": True,
+        "allowed_addresses": [],
     }
     assert (await api.store.get_sip_trunk(trunk["id"])).config["password"] == "p4ss-word"
     assert await ok(api, "GET", f"/sip-trunks/{trunk['id']}", key) == trunk

@@ -250,6 +250,23 @@ class SipTrunkConfig(ApiModel):
         None, max_length=300, description="Send requests through this proxy: `host[:port]` or a `sip:` URI."
     )
     registration: bool = Field(False, description="Register with the trunk (needs `username` and `password`).")
+    allowed_addresses: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Addresses or CIDR blocks the trunk calls in from, let in without digest (besides `host` when "
+        "it is an IP address).",
+        examples=[["203.0.113.0/24"]],
+    )
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR block") from None
+        return value
 
     @field_validator("host")
     @classmethod
@@ -318,6 +335,7 @@ class SipTrunkSettings(BaseModel):
     codecs: list[Literal["PCMU", "PCMA"]]
     outbound_proxy: str | None
     registration: bool
+    allowed_addresses: list[str]
 
 
 class SipTrunk(BaseModel):
