@@ -129,6 +129,8 @@ class Call:
         self._silence = SilenceWatch(agent.silence)
         self._limit: DurationLimit | None = None
         self._handover: asyncio.Task[str | None] | None = None
+        self._closing = False
+        """``end`` has begun (it may be waiting for a hand-over to finish)."""
         self._briefing: str | None = None
         """What a warm transfer under way tells whoever answers."""
         """The transport handing the call over (``transfer``): None once done, else why not."""
@@ -209,6 +211,7 @@ class Call:
 
     async def end(self, reason: EndReason, detail: str = "") -> None:
         """End the call (idempotent): stop every task, close the STT, hang up the transport."""
+        self._closing = True
         handover = self._handover
         if handover is not None and not handover.done() and handover is not asyncio.current_task():
             # The transport is handing the call over: its socket closing is the hand-over's doing,
@@ -646,7 +649,12 @@ class Call:
         task = self._handover
         if task is None:
             return None
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                return "the transfer was abandoned: the call ended"
+            raise
 
     def _hand_over(self, destination: str) -> None:
         """The announcement, if any, was heard: have the transport hand the call over."""
@@ -668,7 +676,7 @@ class Call:
             return None
         self.fault("transfer", why)
         self.events.emit(EventType.TRANSFER_FAILED, destination=destination, detail=why)
-        if self.status is CallStatus.TRANSFERRING:  # the call carries on: say so
+        if self.status is CallStatus.TRANSFERRING and not self._closing:  # the call carries on: say so
             self._set_status(CallStatus.ACTIVE)
             await self._take_floor()
             self._start_reply(script=self.agent.transfer_failed_message)

@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"PCMU": MULAW_8K, "PCMA": ALAW_8K}
 CODECS = {"PCMU": PCMU, "PCMA": PCMA}
-REFER_TIMEOUT_S = 30.0
+REFER_TIMEOUT_S = 15.0
+"""How long a REFER may take to report its outcome (NOTIFY) before it counts as failed (within
+the control API's 20 s wait for a transfer's outcome)."""
 BRIEFING_GRACE_S = 5.0
 """How much longer than its audio a briefing may take to play out."""
-"""How long a transfer may take to report its outcome (NOTIFY) before it counts as failed."""
 
 
 class ReferRefused(TransferFailed):
@@ -90,6 +91,7 @@ class SipLeg:
         self._ended = asyncio.Event()
         self._bye_sent = False
         self._refer_outcome: asyncio.Future[int] | None = None
+        self._transferring: asyncio.Task[None] | None = None
         self.bridged: SipLeg | None = None
         """The leg this one is joined to once the call is transferred through us (``Bridge``)."""
         self._sdp_version = 0
@@ -124,17 +126,23 @@ class SipLeg:
         ``destination`` ourselves, say the briefing to whoever answers, then bridge the caller in."""
         if self.dialog is None or self.state is not LegState.CONFIRMED:
             raise TransferFailed(self.transfer_unavailable or "no dialog")
+        self._transferring = asyncio.current_task()  # the caller hanging up cancels it
         if briefing is None:
             try:
                 await self._refer(destination)
                 return
             except ReferRefused as exc:
                 log.info("sip: %s; bridging a second leg instead", exc, extra=self.extra)
-        self.bridged = await self.ua.transfer_leg(self, destination, briefing)
+        other = await self.ua.transfer_leg(self, destination, briefing)
+        if self.state is not LegState.CONFIRMED:  # the caller left while it was answered
+            await other.abandon(EndReason.TRANSFERRED, "the caller hung up during the transfer")
+            raise TransferFailed("the caller hung up during the transfer")
+        self.bridged = other
 
     async def _refer(self, destination: str) -> None:
         assert self.dialog is not None
-        target = destination if destination.startswith(("sip:", "sips:")) else f"sip:{destination}@{self.remote[0]}"
+        host, port = self.remote
+        target = destination if destination.startswith(("sip:", "sips:")) else f"sip:{destination}@{host}:{port}"
         refer = self.dialog.create_request(
             "REFER", headers=[("Refer-To", f"<{target}>"), ("Referred-By", f"<{self.ua.contact}>")]
         )
@@ -205,9 +213,8 @@ class SipLeg:
         await self.release_bridged()
 
     async def release_bridged(self) -> None:
-        """Hang up (unless the far end did) and free the ports."""
-        if self.reason is not EndReason.CALLER_HANGUP:
-            self._bye()
+        """Hang up (unless the far end did: its BYE counts as ours) and free the ports."""
+        self._bye()
         await self.endpoint.aclose()
         self.ua.release(self)
         self._ended.set()
@@ -231,6 +238,9 @@ class SipLeg:
         self._set_state(LegState.ENDED)
         self._confirmed.set()
         self.endpoint.stop()  # ends the pump
+        transferring = self._transferring
+        if transferring is not None and not transferring.done() and transferring is not asyncio.current_task():
+            transferring.cancel()  # nobody left to hand over: stop ringing the destination
 
     async def ring(self, seconds: float) -> None:
         """Let it ring ``seconds`` before answering (a CANCEL cuts it short)."""

@@ -122,6 +122,10 @@ async def _invite(
                 outcome = _outcome(status, rang=rang, cancelled=cancelled)
                 raise DialFailed(outcome, f"{status} {response.reason}".strip())
             return _answered(ua, route, parameters, endpoint, invite, response, call_id)
+    except asyncio.CancelledError:
+        if rang and not cancelled:  # nobody wants the call any more: stop it ringing
+            ua.send_request(make_cancel(invite), route.address, None)
+        raise
     finally:
         ua.forget(invite)
 

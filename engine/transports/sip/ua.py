@@ -193,8 +193,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         except Exception as exc:
             await other.abandon(EndReason.TRANSFERRED, f"briefing failed: {exc}")
             raise exc if isinstance(exc, TransferFailed) else TransferFailed(f"the briefing failed: {exc}") from exc
-        except BaseException:
-            await other.abandon(EndReason.SERVER_SHUTDOWN, "cancelled during the briefing")
+        except BaseException:  # cancelled: the caller hung up, or the server is stopping
+            await other.abandon(EndReason.TRANSFERRED, "the transfer was cancelled during the briefing")
             raise
         return other
 
