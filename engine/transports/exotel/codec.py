@@ -35,11 +35,10 @@ Reference: Exotel "Working with the Stream and Voicebot Applet" and "WebSocket p
 
 from __future__ import annotations
 
-import binascii
 import enum
 import logging
 import re
-from base64 import b64decode, b64encode
+from base64 import b64encode
 
 import orjson
 
@@ -53,6 +52,7 @@ from ringline.engine.transports.events import (
     InboundEvent,
     MarkPlayed,
 )
+from ringline.engine.transports.jsonstream import dtmf_digit, inbound_audio, json_object
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ ENCODINGS = ("audio/x-raw", "raw/slin", "audio/l16")
 
 _SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MARK_NAME = re.compile(r"[ !#-\[\]-~]{1,256}")  # printable ASCII but quote and backslash
-_DIGITS = "0123456789*#ABCD"
 
 
 class ExotelProtocolError(RemoteProtocolError):
@@ -126,12 +125,7 @@ class ExotelStream:
     # -- inbound ---------------------------------------------------------------------------
 
     def feed(self, text: str | bytes) -> InboundEvent | None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise ExotelProtocolError("invalid JSON") from None
-        if not isinstance(msg, dict):
-            raise ExotelProtocolError("message is not a JSON object")
+        msg = json_object(text, ExotelProtocolError)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -160,22 +154,9 @@ class ExotelStream:
     def _media(self, msg: dict) -> AudioReceived | None:
         self._require_streaming(msg, "media")
         media = msg.get("media")
-        payload = media.get("payload") if isinstance(media, dict) else None
-        if not isinstance(payload, str):
-            raise ExotelProtocolError("media without payload")
-        track = media.get("track", "inbound")
-        if track == "outbound":
+        audio = inbound_audio(media, MAX_PAYLOAD_BYTES, ExotelProtocolError)
+        if audio is None:
             return None  # a both-tracks stream echoes what we sent: nothing to act on
-        if track != "inbound":
-            raise ExotelProtocolError(f"media on track {track!r}")
-        if len(payload) > (MAX_PAYLOAD_BYTES + 2) // 3 * 4:
-            raise ExotelProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
-        try:
-            audio = b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ExotelProtocolError("media payload is not valid base64") from None
-        if len(audio) > MAX_PAYLOAD_BYTES:
-            raise ExotelProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
         if len(audio) & 1:
             raise ExotelProtocolError(f"media payload of {len(audio)} bytes is not whole 16-bit samples")
         return AudioReceived(audio)
@@ -190,11 +171,7 @@ class ExotelStream:
 
     def _dtmf(self, msg: dict) -> DtmfReceived:
         self._require_streaming(msg, "dtmf")
-        dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or len(digit) != 1 or digit not in _DIGITS:
-            raise ExotelProtocolError(f"dtmf with invalid digit {digit!r}")
-        return DtmfReceived(digit)
+        return dtmf_digit(msg.get("dtmf"), ExotelProtocolError)
 
     def _start(self, msg: dict) -> CallStarted:
         if self.state is not StreamState.AWAITING_START:

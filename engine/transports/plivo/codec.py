@@ -27,11 +27,10 @@ Reference: Plivo "Stream Event Protocol" (``<Stream bidirectional="true">``): ``
 
 from __future__ import annotations
 
-import binascii
 import enum
 import logging
 import re
-from base64 import b64decode, b64encode
+from base64 import b64encode
 
 import orjson
 
@@ -45,6 +44,7 @@ from ringline.engine.transports.events import (
     InboundEvent,
     MarkPlayed,
 )
+from ringline.engine.transports.jsonstream import dtmf_digit, inbound_audio, json_object
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ MAX_EXTRA_HEADERS = 4096
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MARK_NAME = re.compile(r"[ !#-\[\]-~]{1,256}")  # printable ASCII but quote and backslash
 _HEADER_SEPARATORS = re.compile(r"[,;]")
-_MAX_B64 = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
 _CONTENT_TYPES = {Encoding.MULAW: "audio/x-mulaw", Encoding.PCM16: "audio/x-l16"}
 _FORMATS = {
     ("audio/x-mulaw", 8000): MULAW_8K,
@@ -97,12 +96,7 @@ class PlivoStream:
     # -- inbound ---------------------------------------------------------------------------
 
     def feed(self, text: str | bytes) -> InboundEvent | None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise PlivoProtocolError("invalid JSON") from None
-        if not isinstance(msg, dict):
-            raise PlivoProtocolError("message is not a JSON object")
+        msg = json_object(text, PlivoProtocolError)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -132,22 +126,9 @@ class PlivoStream:
     def _media(self, msg: dict) -> AudioReceived | None:
         self._require_streaming(msg, "media")
         media = msg.get("media")
-        payload = media.get("payload") if isinstance(media, dict) else None
-        if not isinstance(payload, str):
-            raise PlivoProtocolError("media without payload")
-        track = media.get("track", "inbound")
-        if track == "outbound":
-            return None  # a both-tracks stream echoes what the call plays: nothing to act on
-        if track != "inbound":
-            raise PlivoProtocolError(f"media on track {track!r}")
-        if len(payload) > _MAX_B64:
-            raise PlivoProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
-        try:
-            audio = b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise PlivoProtocolError("media payload is not valid base64") from None
-        if len(audio) > MAX_PAYLOAD_BYTES:
-            raise PlivoProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
+        audio = inbound_audio(media, MAX_PAYLOAD_BYTES, PlivoProtocolError)
+        if audio is None:
+            return None  # a both-tracks stream echoes what we sent: nothing to act on
         if len(audio) % self.format.encoding.sample_width:
             raise PlivoProtocolError(f"L16 media payload of odd length {len(audio)}")
         return AudioReceived(audio)
@@ -161,11 +142,7 @@ class PlivoStream:
 
     def _dtmf(self, msg: dict) -> DtmfReceived:
         self._require_streaming(msg, "dtmf")
-        dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":
-            raise PlivoProtocolError(f"dtmf with invalid digit {digit!r}")
-        return DtmfReceived(digit)
+        return dtmf_digit(msg.get("dtmf"), PlivoProtocolError)
 
     def _start(self, msg: dict) -> CallStarted:
         if self.state is not StreamState.AWAITING_START:

@@ -46,6 +46,7 @@ from ringline.engine.transports.events import (
     InboundEvent,
     MarkPlayed,
 )
+from ringline.engine.transports.jsonstream import dtmf_digit, inbound_audio, json_object
 from ringline.engine.transports.telnyx.reorder import REORDER_WINDOW, ChunkReorder
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ MAX_PAYLOAD_BYTES = 32000
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CALL_CONTROL_ID = re.compile(r"[A-Za-z0-9_:.=-]{1,128}")
 _MARK_NAME = re.compile(r"[ !#-\[\]-~]{1,256}")  # printable ASCII but quote and backslash
-_MAX_B64 = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
 _FORMATS = {("PCMU", 8000): MULAW_8K, ("PCMA", 8000): ALAW_8K}
 _L16_RATES = (8000, 16000)
 _UNSUPPORTED_CODECS = ("G722", "OPUS", "AMR-WB")
@@ -104,12 +104,7 @@ class TelnyxStream:
     # -- inbound ---------------------------------------------------------------------------
 
     def feed(self, text: str | bytes) -> InboundEvent | None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise TelnyxProtocolError("invalid JSON") from None
-        if not isinstance(msg, dict):
-            raise TelnyxProtocolError("message is not a JSON object")
+        msg = json_object(text, TelnyxProtocolError)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -140,23 +135,10 @@ class TelnyxStream:
     def _media(self, msg: dict) -> AudioReceived | None:
         self._require_streaming(msg, "media")
         media = msg.get("media")
-        payload = media.get("payload") if isinstance(media, dict) else None
-        if not isinstance(payload, str):
-            raise TelnyxProtocolError("media without payload")
-        track = media.get("track", "inbound")
-        if track == "outbound":
-            return None  # a both_tracks stream echoes what the call plays: nothing to act on
-        if track != "inbound":
-            raise TelnyxProtocolError(f"media on track {track!r}")
+        audio = inbound_audio(media, MAX_PAYLOAD_BYTES, TelnyxProtocolError)
+        if audio is None:
+            return None  # a both-tracks stream echoes what we sent: nothing to act on
         chunk = media.get("chunk")
-        if len(payload) > _MAX_B64:
-            raise TelnyxProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
-        try:
-            audio = b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise TelnyxProtocolError("media payload is not valid base64") from None
-        if len(audio) > MAX_PAYLOAD_BYTES:
-            raise TelnyxProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
         if self._l16:
             if len(audio) % 2:
                 raise TelnyxProtocolError(f"L16 media payload of odd length {len(audio)}")
@@ -184,11 +166,7 @@ class TelnyxStream:
 
     def _dtmf(self, msg: dict) -> DtmfReceived:
         self._require_streaming(msg, "dtmf")
-        dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":
-            raise TelnyxProtocolError(f"dtmf with invalid digit {digit!r}")
-        return DtmfReceived(digit)
+        return dtmf_digit(msg.get("dtmf"), TelnyxProtocolError)
 
     def _error(self, msg: dict) -> None:
         payload = msg.get("payload")

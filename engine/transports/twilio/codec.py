@@ -10,13 +10,10 @@ stop in; media, mark, clear out).
 
 from __future__ import annotations
 
-import binascii
 import enum
 import logging
 import re
-from base64 import b64decode, b64encode
-
-import orjson
+from base64 import b64encode
 
 from ringline.engine.audio.formats import MULAW_8K, AudioFormat
 from ringline.engine.errors import RemoteProtocolError
@@ -28,6 +25,7 @@ from ringline.engine.transports.events import (
     InboundEvent,
     MarkPlayed,
 )
+from ringline.engine.transports.jsonstream import dtmf_digit, inbound_audio, json_object
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +67,7 @@ class TwilioStream:
     # -- inbound ---------------------------------------------------------------------------
 
     def feed(self, text: str | bytes) -> InboundEvent | None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise TwilioProtocolError("invalid JSON") from None
-        if not isinstance(msg, dict):
-            raise TwilioProtocolError("message is not a JSON object")
+        msg = json_object(text, TwilioProtocolError)
         event = msg.get("event")
         if event == "media":
             return self._media(msg)
@@ -103,22 +96,9 @@ class TwilioStream:
     def _media(self, msg: dict) -> AudioReceived | None:
         self._require_streaming(msg, "media")
         media = msg.get("media")
-        payload = media.get("payload") if isinstance(media, dict) else None
-        if not isinstance(payload, str):
-            raise TwilioProtocolError("media without payload")
-        track = media.get("track", "inbound")
-        if track == "outbound":
-            return None  # a both_tracks stream echoes what we sent: nothing to act on
-        if track != "inbound":
-            raise TwilioProtocolError(f"media on track {track!r}")
-        if len(payload) > (MAX_PAYLOAD_BYTES + 2) // 3 * 4:
-            raise TwilioProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
-        try:
-            audio = b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise TwilioProtocolError("media payload is not valid base64") from None
-        if len(audio) > MAX_PAYLOAD_BYTES:
-            raise TwilioProtocolError(f"media payload over {MAX_PAYLOAD_BYTES} bytes")
+        audio = inbound_audio(media, MAX_PAYLOAD_BYTES, TwilioProtocolError)
+        if audio is None:
+            return None  # a both-tracks stream echoes what we sent: nothing to act on
         return AudioReceived(audio)
 
     def _mark(self, msg: dict) -> MarkPlayed:
@@ -131,11 +111,7 @@ class TwilioStream:
 
     def _dtmf(self, msg: dict) -> DtmfReceived:
         self._require_streaming(msg, "dtmf")
-        dtmf = msg.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789*#ABCD":
-            raise TwilioProtocolError(f"dtmf with invalid digit {digit!r}")
-        return DtmfReceived(digit)
+        return dtmf_digit(msg.get("dtmf"), TwilioProtocolError)
 
     def _start(self, msg: dict) -> CallStarted:
         if self.state is not StreamState.AWAITING_START:
