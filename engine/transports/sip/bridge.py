@@ -41,7 +41,7 @@ class Bridge:
             for leg in (self.a, self.b):
                 if leg.state is not LegState.ENDED:
                     leg.end(EndReason.TRANSFERRED, "the other side of the bridge hung up")
-                await leg.release_bridged()
+                await leg.hang_up_and_release()
         log.info("sip bridge ended", extra=self.extra)
 
     @staticmethod

@@ -210,9 +210,9 @@ class SipLeg:
             return
         self._set_state(LegState.ENDED)
         self._confirmed.set()
-        await self.release_bridged()
+        await self.hang_up_and_release()
 
-    async def release_bridged(self) -> None:
+    async def hang_up_and_release(self) -> None:
         """Hang up (unless the far end did: its BYE counts as ours) and free the ports."""
         self._bye()
         await self.endpoint.aclose()
