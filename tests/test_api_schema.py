@@ -15,6 +15,7 @@ operations yet, and a fuzzer that finds nothing must be shown able to find somet
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -98,8 +99,25 @@ def fuzz(schema_url: str, key: str) -> Report:
             try:
                 check()
             except (Exception, BaseExceptionGroup) as exc:
-                report.failures.append(f"{operation.label} ({mode.value}): {type(exc).__name__}: {exc}")
+                if not phantom_negative(str(exc)):
+                    report.failures.append(f"{operation.label} ({mode.value}): {type(exc).__name__}: {exc}")
     return report
+
+
+def phantom_negative(text: str) -> bool:
+    """Whether a failure is only "schema-violating request accepted" for a request whose invalid
+    parts never reached the server: a query value the generator serialised to nothing (an empty
+    array), and the Authorization header, which this harness replaces with a valid key."""
+    if "Schema-violating request accepted" not in text or text.count("\n- ST") != 1:
+        return False
+    invalid = re.findall(r"- (query|header): violates .* at /properties/(\S+)", text)
+    curl = re.search(r"curl [^\n]*", text)
+    if not invalid or curl is None:
+        return False
+    sent = curl.group(0)
+    return all(
+        name == "Authorization" if where == "header" else f"{name}=" not in sent for where, name in invalid
+    )
 
 
 # ---- the real API -------------------------------------------------------------------------------
