@@ -1,7 +1,8 @@
 """The native SIP user agent in the app: started when ``[telephony.sip]`` is configured.
 
-Who may call without a digest challenge: ``[telephony.sip] allowed_addresses`` and the address of
-every SIP trunk in the store (its ``host``, when that is an IP address). A leg becomes a call
+Who may call without a digest challenge: ``[telephony.sip] allowed_addresses``, and each SIP trunk
+in the store: its ``allowed_addresses`` and its ``host`` when that is an IP address (one store query
+per INVITE from any other source; the per-source rate limit comes first). A leg becomes a call
 through ``open_call`` like any media stream: the called number (Request-URI user) picks its
 inbound agent through the numbers table, else the config's default agent answers.
 """
