@@ -25,7 +25,6 @@ from ringline.api.state import (
     SETTINGS,
     STORE,
     TOOLS,
-    TWILIO_REST,
     WEBHOOKS,
     StoreKeys,
     ToolsFactory,
@@ -126,12 +125,10 @@ def _builtin_tools(agent_name: str, agent: AgentConfig) -> ToolRegistry:
 
 async def _telephony(app: web.Application) -> AsyncIterator[None]:
     """The configured providers' call control (``app[TELEPHONY]``, and ``app[CONTROLS]`` for the
-    media sockets' transfers); Twilio's REST client also as ``app[TWILIO_REST]``."""
+    media sockets' transfers)."""
     async with open_controls(app[SETTINGS].telephony, app[CLIENTS].tls_context()) as controls:
         app[TELEPHONY] = controls
         app[CONTROLS].update(controls)
-        if (twilio := controls.get("twilio")) is not None:
-            app[TWILIO_REST] = twilio.rest  # type: ignore[attr-defined]
         yield
 
 

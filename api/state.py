@@ -19,7 +19,6 @@ from ringline.engine.clients import HttpClients
 from ringline.engine.registry import CallRegistry
 from ringline.engine.tools import ToolRegistry
 from ringline.engine.transports.socket import Transferrer
-from ringline.engine.transports.twilio.rest import TwilioRest
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ JOURNAL = web.AppKey("journal", CallJournal)
 LEDGER = web.AppKey("ledger", CallLedger)
 KEYS = web.AppKey("keys", "StoreKeys")
 """The API's key lookup: the API-keys resource tells it about revocations."""
-TWILIO_REST = web.AppKey("twilio_rest", TwilioRest)
-"""Twilio's REST client (outbound calls, transfers); absent when ``[telephony.twilio]`` is not configured."""
 WEBHOOKS = web.AppKey("webhooks", CallWebhooks)
 """Builds webhook outbox events and wakes the dispatcher (``api/webhooks``) when some were written."""
 
