@@ -465,6 +465,20 @@ class ApiConfig(_Model):
         return self.database_url or f"sqlite:///{self.data_dir / 'ringline.db'}"
 
 
+def _from_environment(data: Any, variables: dict[str, str], required: tuple[str, ...]) -> Any:
+    """``data`` with each field of ``variables`` it lacks taken from that environment variable; a
+    ``required`` one in neither is an error."""
+    if not isinstance(data, dict):
+        return data
+    for field, env in variables.items():
+        if not data.get(field):
+            if value := os.environ.get(env):
+                data = {**data, field: value}
+            elif field in required:
+                raise ValueError(f"{field} is missing: set it here or in the environment as {env}")
+    return data
+
+
 class TwilioConfig(_Model):
     """Twilio's REST API, for outbound calls and transfers (media streams need no credentials).
     ``account_sid`` and ``auth_token`` come from here or, when absent, from the environment as
@@ -485,27 +499,8 @@ class TwilioConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _credentials_from_environment(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for field, env in (("account_sid", "TWILIO_ACCOUNT_SID"), ("auth_token", "TWILIO_AUTH_TOKEN")):
-                if not data.get(field):
-                    if not (value := os.environ.get(env)):
-                        raise ValueError(f"{field} is missing: set it here or in the environment as {env}")
-                    data = {**data, field: value}
-        return data
-
-
-def _from_environment(data: Any, variables: dict[str, str], required: tuple[str, ...]) -> Any:
-    """``data`` with each field of ``variables`` it lacks taken from that environment variable; a
-    ``required`` one in neither is an error."""
-    if not isinstance(data, dict):
-        return data
-    for field, env in variables.items():
-        if not data.get(field):
-            if value := os.environ.get(env):
-                data = {**data, field: value}
-            elif field in required:
-                raise ValueError(f"{field} is missing: set it here or in the environment as {env}")
-    return data
+        names = {"account_sid": "TWILIO_ACCOUNT_SID", "auth_token": "TWILIO_AUTH_TOKEN"}
+        return _from_environment(data, names, tuple(names))
 
 
 class TelnyxConfig(_Model):
