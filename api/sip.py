@@ -24,6 +24,7 @@ from ringline.api.store import Call as CallRow
 from ringline.api.store import PhoneNumber, StoreError
 from ringline.api.v1.numbers import SipTrunkConfig
 from ringline.config.settings import AgentConfig
+from ringline.config.sip import SipConfig
 from ringline.engine.audio.clock import LoopClock
 from ringline.engine.call import Call
 from ringline.engine.errors import RinglineError
@@ -31,6 +32,7 @@ from ringline.engine.record import EndReason
 from ringline.engine.transports.base import TransferFailed
 from ringline.engine.transports.events import CallStarted
 from ringline.engine.transports.rtp.clock import RtpTicker
+from ringline.engine.transports.rtp.pacer import RtpPacer
 from ringline.engine.transports.sip.leg import SipLeg, new_call_id
 from ringline.engine.transports.sip.outbound import DialFailed, Route, dial
 from ringline.engine.transports.sip.ua import SipUserAgent
@@ -101,7 +103,7 @@ async def sip_user_agent(app: web.Application) -> AsyncIterator[None]:
     if config is None:
         yield
         return
-    ticker = RtpTicker()
+    ticker = RtpTicker(pacer=_pacer(config))
     await ticker.start()
     ua = SipUserAgent(config, AppSipCalls(app), ticker=ticker)
     await ua.start()
@@ -111,6 +113,15 @@ async def sip_user_agent(app: web.Application) -> AsyncIterator[None]:
     finally:
         await ua.aclose()
         await ticker.aclose()
+
+
+def _pacer(config: SipConfig) -> RtpPacer | None:
+    if config.rtp_pacing == "loop":
+        return None
+    if not RtpPacer.available():
+        log.warning("sip: rtp_pacing = 'thread' needs Linux's libc; the event loop sends RTP instead")
+        return None
+    return RtpPacer(lead=config.rtp_pacing_lead_ms / 1000)
 
 
 async def place_sip_call(

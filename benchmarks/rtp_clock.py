@@ -1,7 +1,7 @@
 """RTP send pacing: N calls on one ``RtpTicker``, real UDP on 127.0.0.1.
 
     python -m ringline.benchmarks.rtp_clock [--calls 200] [--seconds 10] [--loop uvloop|asyncio]
-        [--no-duplex] [--pin]
+        [--no-duplex] [--pin] [--pacing thread|loop] [--lead-ms 15]
 
 Opens N ``RtpEndpoint``s (each its own socket pair, as a SIP call has) on one ticker, all sending
 20 ms G.711 mu-law packets (a tone, topped up by a feeder task the way playout runs ahead) to one
@@ -15,6 +15,10 @@ Prints, per packet, the deviation of the interval since the same call's previous
 20 ms (p50/p99/max of its absolute value), the loss at the receiver (packets sent by the
 sessions less packets received), the ticker's own lateness (p50/p99/max), the process's CPU use,
 and the cost of the hot-path operations in ns (parse, serialize, a session's tick and receive).
+
+``--pacing thread`` (the default where available) sends through an ``RtpPacer`` (its thread sends
+each tick's packets ``--lead-ms`` after the loop built them); ``--pacing loop`` sends from the
+loop's ticker itself, as without a pacer.
 
 The goal (the SIP issue): 200 calls at 20 ms +- 2 ms (p99) with no loss.
 """
@@ -36,6 +40,7 @@ from multiprocessing.connection import Connection
 from ringline.engine.audio.g711 import ulaw_encode
 from ringline.engine.transports.rtp.clock import RtpTicker
 from ringline.engine.transports.rtp.endpoint import RtpEndpoint
+from ringline.engine.transports.rtp.pacer import LEAD_S, RtpPacer
 from ringline.engine.transports.rtp.packet import RtpPacket, pack_rtp
 from ringline.engine.transports.rtp.session import RtpSession
 
@@ -141,9 +146,9 @@ async def consume(endpoint: RtpEndpoint, counts: list[int]) -> None:
         counts[0] += 1
 
 
-async def run(calls: int, seconds: float, duplex: bool, port: int) -> dict:
+async def run(calls: int, seconds: float, duplex: bool, port: int, pacer: RtpPacer | None) -> dict:
     frame = tone_frame()
-    ticker = RtpTicker()
+    ticker = RtpTicker(pacer=pacer)
     endpoints = [
         await RtpEndpoint.open(RtpSession(remote=(HOST, port), call_id=f"bench-{i}"), ticker, host=HOST, rtcp_mux=True)
         for i in range(calls)
@@ -170,6 +175,7 @@ async def run(calls: int, seconds: float, duplex: bool, port: int) -> dict:
         "malformed": sum(e.malformed for e in endpoints),
         "cpu": (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) / elapsed,
         "ticks": ticker.stats,
+        "late": sum(e._lane.late for e in endpoints if e._lane is not None),
     }
 
 
@@ -180,6 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     p.add_argument("--no-duplex", dest="duplex", action="store_false", help="do not echo packets back to the calls")
     p.add_argument("--pin", action="store_true", help="run the calls on CPU 0 and the receiver on CPU 1")
+    p.add_argument(
+        "--pacing",
+        choices=["thread", "loop"],
+        default="thread" if RtpPacer.available() else "loop",
+        help="send from the pacer's thread (default where available) or from the loop's ticker",
+    )
+    p.add_argument(
+        "--lead-ms",
+        type=float,
+        default=LEAD_S * 1000,
+        help=f"the pacer's lead over the ticker (default {LEAD_S * 1000:g})",
+    )
     args = p.parse_args(argv)
 
     for name, ns in micro().items():
@@ -194,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         if not parent.poll(30):
             raise SystemExit("receiver did not start")
         port = parent.recv()
-        coro = run(args.calls, args.seconds, args.duplex, port)
+        pacer = RtpPacer(lead=args.lead_ms / 1000) if args.pacing == "thread" else None
+        coro = run(args.calls, args.seconds, args.duplex, port, pacer)
         if args.loop == "uvloop":
             import uvloop
 
@@ -213,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = rx["deviations"]
     ticks = result["ticks"]
     loss = result["sent"] - rx["received"]
-    print(f"calls {args.calls}, {args.seconds:g} s, loop {args.loop}, duplex {args.duplex}, cpus {os.cpu_count()}")
+    print(f"calls {args.calls}, {args.seconds:g} s, loop {args.loop}, pacing {args.pacing}, "
+          f"duplex {args.duplex}, cpus {os.cpu_count()}")  # fmt: skip
     print(f"packets sent {result['sent']}, received {rx['received']} from {rx['streams']} streams, "
           f"loss {loss} ({100 * loss / max(1, result['sent']):.3f}%), rtcp {rx['rtcp']}")  # fmt: skip
     print(f"send interval |deviation from 20 ms| over {len(dev)} intervals: p50 {pct(dev, 50) / 1e6:.3f} ms, "
@@ -224,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
           f"bursts {ticks.bursts}, skipped {ticks.skipped}")  # fmt: skip
     print(f"tick work (all calls' callbacks): p50 {ticks.work_percentile(50) * 1e3:.3f} ms, "
           f"p99 {ticks.work_percentile(99) * 1e3:.3f} ms")  # fmt: skip
+    if pacer is not None:
+        stats = pacer.stats
+        print(f"pacer ({args.lead_ms:g} ms lead) lateness over {stats.count} slots: "
+              f"p50 {stats.percentile(50) * 1e3:.3f} ms, p99 {stats.percentile(99) * 1e3:.3f} ms, "
+              f"max {stats.max * 1e3:.3f} ms, bursts {stats.bursts}, packets late {result['late']}; send p50 "
+              f"{stats.work_percentile(50) * 1e3:.3f} ms, p99 {stats.work_percentile(99) * 1e3:.3f} ms")  # fmt: skip
     if args.duplex:
         print(f"inbound frames delivered {result['inbound_frames']}, jitter-buffer lost {result['jitter_lost']}")
     print(f"process CPU {100 * result['cpu']:.1f}% of one core, load average {os.getloadavg()[0]:.2f}")

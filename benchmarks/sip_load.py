@@ -2,7 +2,7 @@
 loopback interface measures what Ringline sends back.
 
     python -m ringline.benchmarks.sip_load [--setup-calls 200 --setup-rate 50]
-        [--calls 200 --rate 20 --hold-s 20] [--keep DIR]
+        [--calls 200 --rate 20 --hold-s 20] [--sip-option 'rtp_pacing = "loop"'] [--keep DIR]
 
 Starts ``ringline serve`` with config/bench.toml plus ``[telephony.sip]`` on 127.0.0.1 (pinned to core 0),
 then runs two phases with sipp (``sip-tester``) pinned to core 1, each under a dumpcap capture of
@@ -310,22 +310,26 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sip_config(sip_port: int, rtp_min: int, rtp_max: int) -> str:
+def sip_config(sip_port: int, rtp_min: int, rtp_max: int, options: Iterable[str] = ()) -> str:
+    """config/bench.toml with ``[telephony.sip]`` on ``HOST``; ``options`` are more of that table's
+    lines (``key = value`` in TOML)."""
     bench = (REPO / "config" / "bench.toml").read_text()
     return bench + (
         f'\n[telephony.sip]\nlisten_host = "{HOST}"\nlisten_port = {sip_port}\npublic_host = "{HOST}"\n'
         f'rtp_port_min = {rtp_min}\nrtp_port_max = {rtp_max}\nallowed_addresses = ["{HOST}/32"]\n'
-        "requests_per_second = 100000.0\n"
+        "requests_per_second = 100000.0\n" + "".join(f"{line}\n" for line in options)
     )
 
 
 @contextlib.contextmanager
-def sip_server(workdir: Path, sip_port: int, rtp_min: int, rtp_max: int, core: int | None) -> Iterator[int]:
+def sip_server(
+    workdir: Path, sip_port: int, rtp_min: int, rtp_max: int, core: int | None, options: Iterable[str] = ()
+) -> Iterator[int]:
     from ringline.benchmarks.concurrency import _ringline, pin, stop_process, wait_healthy
     from ringline.benchmarks.concurrency import free_port as free_tcp_port
 
     config = workdir / "sip.toml"
-    config.write_text(sip_config(sip_port, rtp_min, rtp_max))
+    config.write_text(sip_config(sip_port, rtp_min, rtp_max, options))
     port = free_tcp_port()
     cmd = pin(core) + [_ringline(), "serve", "--config", str(config), "--port", str(port)]
     log = (workdir / "server.log").open("wb")
@@ -356,7 +360,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rtp_min = 30000
     rtp_max = rtp_min + 2 * max(args.calls, args.setup_calls) + 99
     report: dict[str, Any] = {"calls": args.calls, "setup_calls": args.setup_calls}
-    with sip_server(workdir, sip_port, rtp_min, rtp_max, args.server_core) as pid:
+    with sip_server(workdir, sip_port, rtp_min, rtp_max, args.server_core, args.sip_option) as pid:
         if args.setup_calls:
             scenario = render(
                 "uac_call.xml", workdir, codec=0, codec_name="PCMU", sdp_port="[media_port]",
@@ -438,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-s", type=float, default=20.0, help="how long each held call lasts")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)
+    p.add_argument(
+        "--sip-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another [telephony.sip] line, in TOML (e.g. 'rtp_pacing = \"loop\"'); repeatable",
+    )
     p.add_argument("--keep", type=Path, default=None, help="keep captures, scenarios and logs here")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     args = p.parse_args(argv)

@@ -16,6 +16,10 @@ If the loop stalls past later deadlines (a blocking call somewhere, a busy machi
   see the tick number jump (``RtpSession`` then keeps its RTP timestamps on the wall clock and
   drops the audio that would have played meanwhile) and ``stats.skipped`` counts them.
 
+With an ``RtpPacer`` (``pacer=``), the ticker builds and the pacer's thread sends: tick ``n``'s
+packets go to the calls' lanes and leave at ``origin + n * interval + pacer.lead``, so a tick run
+up to ``lead`` late is not heard (see ``pacer.py``). The pacer starts and stops with the ticker.
+
 ``stats`` records how late each tick ran (p50/p99/max) for benchmarks and metrics. A sender that
 raises is logged and unregistered, so one broken call cannot stop the others.
 """
@@ -28,8 +32,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ringline.engine.audio.clock import Clock, LoopClock
+
+if TYPE_CHECKING:
+    from .pacer import RtpPacer
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +95,19 @@ class TickStats:
 
 
 class RtpTicker:
-    def __init__(self, clock: Clock | None = None, *, interval: float = 0.02, max_catch_up: int = 5) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        interval: float = 0.02,
+        max_catch_up: int = 5,
+        pacer: RtpPacer | None = None,
+    ) -> None:
+        if pacer is not None and pacer.interval != interval:
+            raise ValueError(f"the pacer's interval {pacer.interval} differs from the ticker's {interval}")
         self._clock = clock or LoopClock()
+        self.pacer = pacer
+        """Sends what the ticks build, when set (see the module's docstring)."""
         self.interval = interval
         self.max_catch_up = max_catch_up
         self._senders: dict[Sender, int] = {}
@@ -135,6 +154,8 @@ class RtpTicker:
                 await task
             except asyncio.CancelledError:
                 pass
+        if self.pacer is not None:
+            self.pacer.stop()
 
     async def __aenter__(self) -> RtpTicker:
         await self.start()
@@ -148,6 +169,8 @@ class RtpTicker:
     async def _run(self) -> None:
         clock, interval, stats = self._clock, self.interval, self.stats
         origin = clock.now()
+        if self.pacer is not None:
+            self.pacer.start(time.monotonic())  # the same instant on the pacer's clock
         n = 0
         while True:
             deadline = origin + n * interval

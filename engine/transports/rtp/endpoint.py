@@ -9,7 +9,8 @@ skipped. Without a range the OS picks the ports (tests).
 
 Outbound: ``send_audio`` / ``mark`` / ``clear`` / ``send_dtmf`` queue on the session; each tick
 sends at most one packet to ``session.remote`` (the latched source, see ``RtpSession``), in the
-ticker's ``SEND`` phase; the inbound frame and RTCP come in its ``RECEIVE`` phase.
+ticker's ``SEND`` phase (handed to the ticker's pacer, if it has one, to leave at its slot); the
+inbound frame and RTCP come in its ``RECEIVE`` phase.
 Inbound: the call reads ``async for event in endpoint`` (one ``AudioReceived`` a tick, then
 ``DtmfReceived`` and ``MarkPlayed`` as they come); iteration ends once the endpoint is closed.
 
@@ -28,6 +29,7 @@ from ringline.engine.errors import RemoteProtocolError
 from ringline.engine.transports.events import InboundEvent
 
 from .clock import RECEIVE, SEND, RtpTicker
+from .pacer import PacedLane
 from .session import Address, RtpSession
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class RtpEndpoint:
         self._extra = {"call_id": session.call_id}
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
+        self._lane: PacedLane | None = None
         self._ports: PortRange | None = None
         self.local_port = 0
         self.rtcp_port = 0
@@ -153,6 +156,8 @@ class RtpEndpoint:
                 raise PortsExhausted(f"no free RTP port pair in {ports.start}-{ports.end}")
         self.local_port = self._rtp.get_extra_info("sockname")[1]
         self.rtcp_port = self._rtcp.get_extra_info("sockname")[1]
+        if ticker.pacer is not None:
+            self._lane = ticker.pacer.lane(self._rtp.get_extra_info("socket"))
         ticker.register(self._send_tick, SEND)
         ticker.register(self._receive_tick, RECEIVE)
         log.debug("rtp endpoint on %s:%d/%d", host, self.local_port, self.rtcp_port, extra=self._extra)
@@ -191,6 +196,8 @@ class RtpEndpoint:
         self._closed = True
         self.ticker.unregister(self._send_tick)
         self.ticker.unregister(self._receive_tick)
+        if self._lane is not None:
+            self._lane.close()
         self._send_rtcp(self.session.rtcp_bye(reason))
         for transport in (self._rtp, self._rtcp):
             if transport is not None:
@@ -211,8 +218,12 @@ class RtpEndpoint:
     def _send_tick(self, tick: int, now: float) -> None:
         session = self.session
         packet = session.outgoing(tick)
-        if packet is not None and session.remote is not None and self._rtp is not None:
-            self._rtp.sendto(packet, session.remote)
+        remote = session.remote
+        if packet is None or remote is None or self._rtp is None:
+            return
+        lane = self._lane
+        if lane is None or not lane.push(tick, packet, remote):
+            self._rtp.sendto(packet, remote)
 
     def _receive_tick(self, tick: int, now: float) -> None:
         for event in self.session.incoming(now):
