@@ -8,7 +8,11 @@
   answered: the endpoint needs no key.
 - ``GET /metrics``: Prometheus text (or OpenMetrics, if the scraper asks for it) from this app's own
   ``CollectorRegistry``: live calls, calls started and ended (by end reason), caller turns, reply
-  latency, provider errors by stage, and HTTP responses by method, route and status.
+  latency, provider errors by stage, HTTP responses by method, route and status, and the process's
+  health as a real-time server: how late the event loop runs a timer (``ringline_event_loop_lag_seconds``,
+  sampled every ``LAG_PROBE_S``) and how long each garbage collection stops it
+  (``ringline_gc_pause_seconds`` by generation). A loop lag over a few ms is heard: every call's
+  frames wait behind it.
 - ``GET /openapi.json`` and ``GET /docs``: the control API's document and Swagger UI page at the root
   too, served by the API's own ``add_docs_routes`` over the same document (when ``api.docs`` is on).
 
@@ -22,8 +26,10 @@ observer costs a dict lookup and a counter increment per event, and never blocks
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +52,12 @@ DATABASE_TIMEOUT_S = 2.0
 
 REPLY_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 """Seconds; replies are expected within 0.1-3 s of the caller's end of speech."""
+
+LAG_PROBE_S = 0.1
+"""How often the event loop's lag is sampled (one timer: negligible cost)."""
+
+PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Seconds; a frame is 20 ms, so anything past 0.005 is worth a look."""
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -81,6 +93,57 @@ class Metrics:
             ["method", "route", "status"],
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "ringline_event_loop_lag_seconds",
+            "How late the event loop ran a timer due now (sampled every 0.1 s).",
+            buckets=PAUSE_BUCKETS,
+            registry=registry,
+        )
+        self.gc_pause = Histogram(
+            "ringline_gc_pause_seconds",
+            "How long each garbage collection ran, by generation.",
+            ["generation"],
+            buckets=PAUSE_BUCKETS,
+            registry=registry,
+        )
+
+
+class LoopWatch:
+    """Samples the event loop's lag and times garbage collections into ``metrics``, from ``start``
+    (on the running loop) to ``stop``."""
+
+    def __init__(self, metrics: Metrics, interval: float = LAG_PROBE_S) -> None:
+        self._lag = metrics.loop_lag
+        self._pauses = [metrics.gc_pause.labels(str(generation)) for generation in range(3)]
+        self._interval = interval
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._gc_started = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = time.monotonic() + self._interval
+        self._handle = loop.call_later(self._interval, self._probe, loop)
+        gc.callbacks.append(self._on_gc)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        self._lag.observe(max(0.0, now - self._due))
+        self._due = now + self._interval
+        self._handle = loop.call_later(self._interval, self._probe, loop)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._pauses[info["generation"]].observe(time.perf_counter() - self._gc_started)
 
 
 class _CallMetrics:
@@ -152,6 +215,14 @@ def setup_ops(app: web.Application, calls: CallRegistry, api: web.Application) -
         counter.labels(method, route, str(response.status)).inc()
 
     app.on_response_prepare.append(count_response)
+    app.cleanup_ctx.append(_watch_loop)
+
+
+async def _watch_loop(app: web.Application) -> AsyncIterator[None]:
+    watch = LoopWatch(app[OPS].metrics)
+    watch.start()
+    yield
+    watch.stop()
 
 
 def watch_call(app: web.Application, call: Call) -> None:

@@ -17,10 +17,16 @@ Three processes, so that only the server's own work is charged to it: the vendor
 tokens/s, TTS first audio 150 ms, replies of ``seconds_per_phrase`` of audio) and the same
 500 ms end-of-turn silence, so the one-call row is comparable with ``latency.py``'s.
 
+The one-call row plays ``--baseline-turns`` turns (30), the others ``--turns`` (3) per call: the
+p95 of 3 replies would be their maximum, which sits below the p95 of 300 replies from the same
+distribution, so comparing them would charge the sample sizes' difference to the load.
+
 Prints one markdown row per N: caller-measured reply latency median and p95, the p95's change
 from N = 1, the server's per-stage medians (``latency.py``'s columns), answered/expected turns,
 the server's CPU % and the fakes' (if the fakes' core is saturated, the fakes are the bottleneck,
-not the adapters).
+not the adapters), and from the server's ``/metrics`` over the run: its event loop's lag (p99 and
+the worst bucket, from ``ringline_event_loop_lag_seconds``) and its garbage collections (count and
+longest bucket), which say whether a slow reply waited on the server's loop or elsewhere.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from ringline.benchmarks.concurrency import REPO, pin, started_server, stop_process
 from ringline.benchmarks.latency import STAGES, markdown, measure_calls, toml_text
@@ -124,6 +132,52 @@ class CpuMeter:
         return 100.0 * (cpu - self._cpu) / max(at - self._at, 1e-9)
 
 
+Buckets = dict[str, dict[float, float]]
+"""Per histogram name: cumulative count at each upper bound (s)."""
+
+
+def histograms(base: str) -> Buckets:
+    """The server's loop-lag and GC-pause histograms (GC per generation: ``..._seconds/2``)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found: Buckets = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("ringline_event_loop_lag_seconds", "ringline_gc_pause_seconds"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                generation = sample.labels.get("generation")
+                name = family.name if generation is None else f"{family.name}/{generation}"
+                found.setdefault(name, {})[float(sample.labels["le"])] = sample.value
+    return found
+
+
+def _bound_ms(counts: dict[float, float], q: float) -> str:
+    """The upper bound (ms) of the bucket holding quantile ``q`` of ``counts`` ("-" if empty)."""
+    bounds = sorted(counts)
+    total = counts[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return "-"
+    bound = next(b for b in bounds if counts[b] >= q * total)
+    return "inf" if bound == float("inf") else f"<={bound * 1000:g}"
+
+
+def loop_health(before: Buckets, after: Buckets) -> dict[str, Any]:
+    """Loop lag p99 / worst and GC count / longest over the run, from two ``histograms`` reads."""
+
+    def delta(name: str) -> dict[float, float]:
+        start = before.get(name, {})
+        return {b: n - start.get(b, 0.0) for b, n in after.get(name, {}).items()}
+
+    lag = delta("ringline_event_loop_lag_seconds")
+    health: dict[str, Any] = {"loop lag p99 ms": _bound_ms(lag, 0.99), "loop lag max ms": _bound_ms(lag, 1.0)}
+    for generation in "012":
+        pauses = delta(f"ringline_gc_pause_seconds/{generation}")
+        health[f"gen{generation} GCs"] = int(max(pauses.values(), default=0))
+        health[f"gen{generation} max ms"] = _bound_ms(pauses, 1.0)
+    return health
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     """The rows, and whether every run answered every turn without errors."""
     data = tomllib.loads(args.config.read_text())
@@ -140,8 +194,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
         with started_server(args) as (url, pid):
             for n in args.counts:
                 print(f"--- {n} calls", file=sys.stderr)
+                base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
                 vendor_cpu.start()
-                measured, report = measure_calls(url, pid, n, args)
+                before = histograms(base)
+                turns = args.baseline_turns if n == 1 else args.turns
+                measured, report = measure_calls(url, pid, n, argparse.Namespace(**(vars(args) | {"turns": turns})))
+                health = loop_health(before, histograms(base))
                 row = {
                     "calls": n,
                     "answered": measured["answered"],
@@ -153,6 +211,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
                     "vendors CPU %": vendor_cpu.stop(),
                     "caller CPU %": report.get("caller_cpu_pct"),
                     "caller late frames": report.get("late_frames"),
+                    **health,
                 }
                 if "error" in report:
                     print(f"error at N = {n}: {report['error']}", file=sys.stderr)
@@ -172,7 +231,13 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ringline.benchmarks.adapters", description=__doc__.split("\n")[0])
     p.add_argument("--calls", default="1,100", help="comma-separated N (default 1,100); include 1 for the delta")
-    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--turns", type=int, default=3, help="turns per call (default 3)")
+    p.add_argument(
+        "--baseline-turns",
+        type=int,
+        default=30,
+        help="turns of the one-call run (default 30: its p95 is then a p95, not the largest of 3 replies)",
+    )
     p.add_argument("--preemptive", choices=("on", "off"), default="off", help="preemptive generation (default off)")
     p.add_argument("--config", type=Path, default=SETTINGS, help="latencies and turn settings (default bench_latency)")
     p.add_argument("--server-core", type=int, default=0)
