@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ringline.engine.audio.formats import ALAW_8K, MULAW_8K, AudioFormat, Encoding
+from ringline.engine.audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from ringline.engine.transports.events import AudioReceived, DtmfReceived, MarkPlayed
 from ringline.engine.transports.rtp.packet import RtpError, RtpPacket, pack_rtp
 from ringline.engine.transports.rtp.rtcp import (
@@ -167,6 +170,24 @@ def test_poll_always_feeds_one_frame() -> None:
     assert events == [AudioReceived(frame(9))]
     _, events = s.poll(2, 0.04)
     assert len(events) == 1 and isinstance(events[0], AudioReceived) and len(events[0].payload) == 160
+
+
+def test_a_codec_switch_translates_both_ways_and_the_call_keeps_its_format() -> None:
+    s = session(jitter_delay=0.0)
+    speech = ulaw_encode(struct.pack("<160h", *range(-8000, 8000, 100)))
+    s.switch_codec(8, ALAW_8K, 101)
+    s.send_audio(speech)
+    sent = RtpPacket.parse(s.outgoing(0) or b"")
+    assert sent.payload_type == 8 and sent.payload == alaw_encode(ulaw_decode(speech))
+    s.receive(pack_rtp(0, 5, 800, 99, speech), SDP_ADDR, 0.01)  # the old codec: no longer expected
+    assert s.unknown_payload_type == 1
+    s.receive(pack_rtp(8, 6, 960, 99, sent.payload), SDP_ADDR, 0.01)
+    assert s.incoming(0.02) == [AudioReceived(ulaw_encode(alaw_decode(sent.payload)))]  # back in mu-law
+    s.switch_codec(0, MULAW_8K, 101)  # and back: nothing to translate
+    s.send_audio(speech)
+    assert RtpPacket.parse(s.outgoing(1) or b"").payload == speech
+    with pytest.raises(ValueError, match="16000 Hz"):
+        s.switch_codec(96, AudioFormat(Encoding.PCM16, 16000), 101)
 
 
 def test_latches_at_once_on_the_sdp_address() -> None:

@@ -256,6 +256,29 @@ async def test_hold_and_resume_are_answered_with_sdp(tmp_path: Path) -> None:
     assert row.end_reason == "caller_hangup"
 
 
+async def test_a_reinvite_changing_the_codec_moves_the_call_to_it(tmp_path: Path, pcaps: dict[str, Path]) -> None:
+    """PCMU at first, then a re-INVITE offering only PCMA: answered with PCMA, and from then on the
+    caller's A-law speech is heard and the reply goes out in A-law (the call itself keeps mu-law)."""
+    media = free_port_block(4)
+    async with sip_server() as server, Capture(sip_and_rtp(server), tmp_path / "cap.pcap") as cap:
+        result = await run_sipp(
+            "uac_codec_change.xml", server.sip, tmp_path / "sipp", media_port=media, sdp_port="[media_port]",
+            pcap=pcaps["speech_pcma.pcap"], pause_ms=round(SPEECH_PCAP_S * 1000), timeout_s=20,
+        )  # fmt: skip
+        assert result.ok, result
+        (rtp_port,) = map(int, result.logged("rtp_port"))
+        row = await ended(server)
+        messages = [(m.role, m.content) for m in await server.api.store.list_messages(row.id)]
+    assert result.logged("reinvite_codec") == [str(make_pcaps.PCMA)]
+    assert messages == [(Role.USER, "Tell me more."), (Role.ASSISTANT, "Sure, here is the answer")]
+    _, reply = reply_stream(cap, server, rtp_port)
+    switched = next(i for i, p in enumerate(reply) if p.payload_type == make_pcaps.PCMA)
+    assert {p.payload_type for p in reply[:switched]} <= {make_pcaps.PCMU}
+    assert {p.payload_type for p in reply[switched:]} == {make_pcaps.PCMA}
+    sounding = [p for p in reply[switched:] if loud(p)]  # loud() decodes by payload type
+    assert len(sounding) == pytest.approx(REPLY_S / 0.020, abs=2)
+
+
 async def test_a_caller_outside_the_allowed_addresses_answers_a_digest_challenge(tmp_path: Path) -> None:
     async with sip_server(allowed_addresses=[], username="trunk", password="s3cret") as server:
         result = await run_sipp(

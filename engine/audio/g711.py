@@ -96,3 +96,12 @@ def encode(pcm: bytes, encoding: Encoding) -> bytes:
     if encoding is Encoding.PCM16:
         return pcm
     raise ValueError(f"unsupported encoding: {encoding!r}")
+
+
+def translation(src: Encoding, dst: Encoding) -> bytes | None:
+    """The ``bytes.translate`` table from G.711 ``src`` to G.711 ``dst`` at one rate (mu-law and
+    A-law map byte to byte); None when there is nothing to translate or either is not G.711."""
+    codecs = {Encoding.MULAW: (ulaw_decode, ulaw_encode), Encoding.ALAW: (alaw_decode, alaw_encode)}
+    if src is dst or src not in codecs or dst not in codecs:
+        return None
+    return codecs[dst][1](codecs[src][0](bytes(range(256))))

@@ -16,7 +16,7 @@ import numpy as np
 import soxr
 
 from .formats import AudioFormat, Encoding
-from .g711 import _odd_length, alaw_decode, alaw_encode, decode, encode, ulaw_decode, ulaw_encode
+from .g711 import _odd_length, decode, encode, translation
 
 __all__ = ["AudioConverter", "Resampler"]
 
@@ -91,12 +91,8 @@ class AudioConverter:
         self._identity = src == dst
         self._resampler = Resampler(src.sample_rate, dst.sample_rate, quality=quality)
         # mu-law <-> A-law at one rate is a byte-to-byte map: one bytes.translate.
-        self._translate: bytes | None = None
-        if src.sample_rate == dst.sample_rate:
-            if src.encoding is Encoding.MULAW and dst.encoding is Encoding.ALAW:
-                self._translate = alaw_encode(ulaw_decode(bytes(range(256))))
-            elif src.encoding is Encoding.ALAW and dst.encoding is Encoding.MULAW:
-                self._translate = ulaw_encode(alaw_decode(bytes(range(256))))
+        same_rate = src.sample_rate == dst.sample_rate
+        self._translate = translation(src.encoding, dst.encoding) if same_rate else None
 
     @property
     def identity(self) -> bool:

@@ -57,6 +57,7 @@ from dataclasses import dataclass, replace
 
 from ringline.engine.audio.formats import FRAME_MS, MULAW_8K, AudioFormat
 from ringline.engine.audio.framing import Framer, silence
+from ringline.engine.audio.g711 import translation
 from ringline.engine.transports.events import AudioReceived, DtmfReceived, InboundEvent, MarkPlayed
 
 from .dtmf import DtmfReceiver, event_code, tone_payloads
@@ -134,6 +135,9 @@ class RtpSession:
         self._samples = fmt.sample_rate * FRAME_MS // 1000
         self._framer = Framer.for_format(fmt)
         self._silence = silence(fmt)
+        self._to_wire: bytes | None = None
+        self._from_wire: bytes | None = None
+        """Translation tables once the far end changed codec (``switch_codec``); None: same codec."""
         self._queue: deque[bytes | _Mark | _Event | None] = deque()
         self._first_tick: int | None = None
         self._last_tick = -2
@@ -251,6 +255,8 @@ class RtpSession:
             payload, pt, timestamp, marker = item.payload, self.dtmf_payload_type, self._event_ts, item.first  # type: ignore[assignment]
         else:
             payload, pt = item, self.payload_type  # type: ignore[assignment]
+            if self._to_wire is not None:
+                payload = payload.translate(self._to_wire)  # type: ignore[union-attr]
         self._seq = (self._seq + 1) & 0xFFFF
         self._last_sent = tick
         self.packets_sent += 1
@@ -278,6 +284,19 @@ class RtpSession:
 
     # -- inbound ---------------------------------------------------------------------------
 
+    def switch_codec(self, payload_type: int, wire: AudioFormat, dtmf_payload_type: int | None) -> None:
+        """The far end moved the stream to ``wire`` audio on ``payload_type`` (a re-INVITE): send
+        and expect that from now on, while the call keeps hearing and speaking ``format``, each
+        payload translated here (G.711 at the same rate: a byte-to-byte map)."""
+        if wire.sample_rate != self.format.sample_rate:
+            raise ValueError(f"cannot switch a {self.format.sample_rate} Hz stream to {wire.sample_rate} Hz")
+        self.payload_type = payload_type
+        self.dtmf_payload_type = dtmf_payload_type
+        self._to_wire = translation(self.format.encoding, wire.encoding)
+        self._from_wire = translation(wire.encoding, self.format.encoding)
+        if self._to_wire is None and wire.encoding is not self.format.encoding:
+            raise ValueError(f"cannot translate {self.format.encoding.value} to {wire.encoding.value}")
+
     def receive(self, data: bytes, source: Address, now: float) -> list[InboundEvent]:
         """One datagram from the RTP port. Raises ``RtpError`` if it is not RTP/RTCP."""
         if is_rtcp(data):
@@ -299,6 +318,8 @@ class RtpSession:
             self._reception = ReceptionStats(packet.ssrc, packet.sequence)
         self._reception.update(packet.sequence, packet.timestamp, int(now * self.format.sample_rate))
         if pt == self.payload_type:
+            if self._from_wire is not None:
+                packet = replace(packet, payload=packet.payload.translate(self._from_wire))
             self.jitter.push(packet, now)
             return []
         # a telephone-event packet takes its tick's place in the audio stream as silence

@@ -59,8 +59,9 @@ def new_call_id() -> str:
 
 
 class SipLeg:
-    """A call over SIP. ``format`` is fixed for the call: a re-INVITE may move the media elsewhere
-    or put it on hold, but keeps the codec (one not offered again is answered 488)."""
+    """A call over SIP. ``format`` is fixed for the call: a re-INVITE may move the media elsewhere,
+    put it on hold or change the codec (kept if offered again; else the offer's first we take), and
+    the RTP session translates between the new codec and ``format`` (``RtpSession.switch_codec``)."""
 
     def __init__(
         self,
@@ -314,16 +315,31 @@ class SipLeg:
             self.ua.respond(make_response(request, 405, headers=[("Allow", "INVITE, ACK, BYE, NOTIFY, INFO")]))
 
     def _reinvite(self, request: Request) -> None:
-        """Hold, unhold or a new media address: answer with our same port and codec."""
+        """Hold, unhold, a new media address or a new codec: answer with our same port, and the
+        codec we have if it is offered again."""
+        current = CODECS[self.media.codec]
+        others = tuple(codec for codec in CODECS.values() if codec != current)
         try:
             offer = SessionDescription.parse(request.body)
-            sdp, media = answer(
-                offer, self.ua.host, self.endpoint.local_port, codecs=(CODECS[self.media.codec],),
-                session_id=self.invite.call_id[:8].encode().hex(), session_version=self._next_version(),
-            )  # fmt: skip
+            for codecs in ((current,), others):
+                try:
+                    sdp, media = answer(
+                        offer, self.ua.host, self.endpoint.local_port, codecs=codecs,
+                        session_id=self.invite.call_id[:8].encode().hex(), session_version=self._sdp_version + 1,
+                    )  # fmt: skip
+                    break
+                except SdpError:
+                    if codecs is others:
+                        raise
         except SdpError as exc:
             self.ua.respond(make_response(request, 488, "Not Acceptable Here", headers=[("Warning", f'399 - "{exc}"')]))
             return
+        self._sdp_version += 1
+        session = self.endpoint.session
+        if media.codec != self.media.codec or media.dtmf_payload_type != session.dtmf_payload_type:
+            session.switch_codec(media.payload_type, FORMATS[media.codec], media.dtmf_payload_type)
+            if media.codec != self.media.codec:
+                log.info("sip re-INVITE: codec %s -> %s", self.media.codec, media.codec, extra=self.extra)
         self.media = media
         if (media.remote_host, media.remote_port) != self.endpoint.session.remote and not media.on_hold:
             self.endpoint.session.set_remote((media.remote_host, media.remote_port))
@@ -331,10 +347,6 @@ class SipLeg:
         headers = [("Contact", f"<{self.ua.contact}>")]
         ok = make_response(request, 200, headers=headers, body=bytes(sdp), content_type="application/sdp")
         self.ua.respond(ok)
-
-    def _next_version(self) -> int:
-        self._sdp_version += 1
-        return self._sdp_version
 
     def _refer_progress(self, notify: Request) -> None:
         """A NOTIFY of our REFER's progress: its body is a sipfrag status line."""
