@@ -119,7 +119,7 @@ def _pacer(config: SipConfig) -> RtpPacer | None:
     if config.rtp_pacing == "loop":
         return None
     if not RtpPacer.available():
-        log.warning("sip: rtp_pacing = 'thread' needs Linux's libc; the event loop sends RTP instead")
+        log.warning("sip: rtp_pacing = 'process' needs Linux; the event loop sends RTP instead")
         return None
     return RtpPacer(lead=config.rtp_pacing_lead_ms / 1000)
 

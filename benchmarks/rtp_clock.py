@@ -1,7 +1,7 @@
 """RTP send pacing: N calls on one ``RtpTicker``, real UDP on 127.0.0.1.
 
     python -m ringline.benchmarks.rtp_clock [--calls 200] [--seconds 10] [--loop uvloop|asyncio]
-        [--no-duplex] [--pin] [--pacing thread|loop] [--lead-ms 15]
+        [--no-duplex] [--pin] [--pacing process|loop] [--lead-ms 15]
 
 Opens N ``RtpEndpoint``s (each its own socket pair, as a SIP call has) on one ticker, all sending
 20 ms G.711 mu-law packets (a tone, topped up by a feeder task the way playout runs ahead) to one
@@ -16,9 +16,9 @@ Prints, per packet, the deviation of the interval since the same call's previous
 sessions less packets received), the ticker's own lateness (p50/p99/max), the process's CPU use,
 and the cost of the hot-path operations in ns (parse, serialize, a session's tick and receive).
 
-``--pacing thread`` (the default where available) sends through an ``RtpPacer`` (its thread sends
-each tick's packets ``--lead-ms`` after the loop built them); ``--pacing loop`` sends from the
-loop's ticker itself, as without a pacer.
+``--pacing process`` (the default where available) sends through an ``RtpPacer`` (its process
+sends each tick's packets ``--lead-ms`` after the loop built them); ``--pacing loop`` sends from
+the loop's ticker itself, as without a pacer.
 
 The goal (the SIP issue): 200 calls at 20 ms +- 2 ms (p99) with no loss.
 """
@@ -175,7 +175,6 @@ async def run(calls: int, seconds: float, duplex: bool, port: int, pacer: RtpPac
         "malformed": sum(e.malformed for e in endpoints),
         "cpu": (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) / elapsed,
         "ticks": ticker.stats,
-        "late": sum(e._lane.late for e in endpoints if e._lane is not None),
     }
 
 
@@ -188,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pin", action="store_true", help="run the calls on CPU 0 and the receiver on CPU 1")
     p.add_argument(
         "--pacing",
-        choices=["thread", "loop"],
-        default="thread" if RtpPacer.available() else "loop",
-        help="send from the pacer's thread (default where available) or from the loop's ticker",
+        choices=["process", "loop"],
+        default="process" if RtpPacer.available() else "loop",
+        help="send from the pacer's process (default where available) or from the loop's ticker",
     )
     p.add_argument(
         "--lead-ms",
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if not parent.poll(30):
             raise SystemExit("receiver did not start")
         port = parent.recv()
-        pacer = RtpPacer(lead=args.lead_ms / 1000) if args.pacing == "thread" else None
+        pacer = RtpPacer(lead=args.lead_ms / 1000) if args.pacing == "process" else None
         coro = run(args.calls, args.seconds, args.duplex, port, pacer)
         if args.loop == "uvloop":
             import uvloop
@@ -245,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tick work (all calls' callbacks): p50 {ticks.work_percentile(50) * 1e3:.3f} ms, "
           f"p99 {ticks.work_percentile(99) * 1e3:.3f} ms")  # fmt: skip
     if pacer is not None:
-        stats = pacer.stats
-        print(f"pacer ({args.lead_ms:g} ms lead) lateness over {stats.count} slots: "
-              f"p50 {stats.percentile(50) * 1e3:.3f} ms, p99 {stats.percentile(99) * 1e3:.3f} ms, "
-              f"max {stats.max * 1e3:.3f} ms, bursts {stats.bursts}, packets late {result['late']}; send p50 "
-              f"{stats.work_percentile(50) * 1e3:.3f} ms, p99 {stats.work_percentile(99) * 1e3:.3f} ms")  # fmt: skip
+        r = pacer.report
+        print(f"pacer process ({args.lead_ms:g} ms lead) lateness over {r.get('slots')} slots: "
+              f"p50 {r.get('lateness_p50_ms', 0):.3f} ms, p99 {r.get('lateness_p99_ms', 0):.3f} ms, "
+              f"max {r.get('lateness_max_ms', 0):.3f} ms, bursts {r.get('bursts')}; send p50 "
+              f"{r.get('send_p50_ms', 0):.3f} ms, p99 {r.get('send_p99_ms', 0):.3f} ms; "
+              f"packets sent {r.get('sent')}, late {r.get('late')}, dropped {r.get('dropped')}, "
+              f"ticks not handed over {pacer.dropped_ticks}")  # fmt: skip
     if args.duplex:
         print(f"inbound frames delivered {result['inbound_frames']}, jitter-buffer lost {result['jitter_lost']}")
     print(f"process CPU {100 * result['cpu']:.1f}% of one core, load average {os.getloadavg()[0]:.2f}")

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ringline.benchmarks.health import histograms, loop_health
 from ringline.engine.audio.g711 import alaw_decode, ulaw_decode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -324,7 +325,8 @@ def sip_config(sip_port: int, rtp_min: int, rtp_max: int, options: Iterable[str]
 @contextlib.contextmanager
 def sip_server(
     workdir: Path, sip_port: int, rtp_min: int, rtp_max: int, core: int | None, options: Iterable[str] = ()
-) -> Iterator[int]:
+) -> Iterator[tuple[int, str]]:
+    """Yield the server's (pid, HTTP base URL)."""
     from ringline.benchmarks.concurrency import _ringline, pin, stop_process, wait_healthy
     from ringline.benchmarks.concurrency import free_port as free_tcp_port
 
@@ -338,7 +340,7 @@ def sip_server(
     ok = False
     try:
         wait_healthy(f"http://{HOST}:{port}", proc)
-        yield proc.pid
+        yield proc.pid, f"http://{HOST}:{port}"
         ok = True
     finally:
         stop_process(proc, log, keep_log=not ok, what="server")
@@ -360,7 +362,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rtp_min = 30000
     rtp_max = rtp_min + 2 * max(args.calls, args.setup_calls) + 99
     report: dict[str, Any] = {"calls": args.calls, "setup_calls": args.setup_calls}
-    with sip_server(workdir, sip_port, rtp_min, rtp_max, args.server_core, args.sip_option) as pid:
+    with sip_server(workdir, sip_port, rtp_min, rtp_max, args.server_core, args.sip_option) as (pid, base):
         if args.setup_calls:
             scenario = render(
                 "uac_call.xml", workdir, codec=0, codec_name="PCMU", sdp_port="[media_port]",
@@ -382,7 +384,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "uac_call.xml", hold, codec=0, codec_name="PCMU", sdp_port="[media_port]", pcap=speech,
                 pause_ms=round(max(args.hold_s, speech_s + 1) * 1000),
             )  # fmt: skip
-            cpu0, wall0 = _cpu_seconds(pid), time.monotonic()
+            cpu0, wall0, before = _cpu_seconds(pid), time.monotonic(), histograms(base)
             rtp = f"udp portrange {rtp_min}-{rtp_max}"
             with capturing(rtp, workdir / "hold.pcap", prefix=sipp_core) as path:
                 timeout = args.calls / args.rate + args.hold_s + 30
@@ -393,6 +395,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "server_cpu_pct": cpu,
                 "sipp_successful": int(stats.get("SuccessfulCall(C)", 0) or 0),
                 "sipp_failed": int(stats.get("FailedCall(C)", 0) or 0),
+                "server_health": loop_health(before, histograms(base)),
             }
     return report
 
@@ -429,6 +432,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{hold['packets_missing']}/{hold['packets_expected']} | {_fmt(hold['reply_p50_ms'], '.0f')}/"
             f"{_fmt(hold['reply_p95_ms'], '.0f')} | {hold['replies']}/{hold['turns']} | "
             f"{_fmt(hold['server_cpu_pct'], '.0f')} | {hold['sipp_failed']} |",
+            "",
+            "server during the hold: " + ", ".join(f"{k} {v}" for k, v in hold["server_health"].items()),
         ]
     return "\n".join(lines)
 

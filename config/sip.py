@@ -48,12 +48,12 @@ class SipConfig(BaseModel):
     delay the agent hears the caller with. Default: 40 ms (loopback or a LAN: 20 is enough)."""
     no_answer_timeout_s: float = Field(30.0, gt=0)
     """How long an outbound INVITE may ring before we cancel it (end reason ``no_answer``)."""
-    rtp_pacing: Literal["thread", "loop"] = "thread"
-    """Who sends the calls' RTP: ``thread`` (default), a pacer thread that sends each packet at its
-    20 ms slot whatever the event loop is doing (Linux; elsewhere it falls back to ``loop``), or
-    ``loop``, the event loop's own ticker (packets leave when the loop gets to them)."""
+    rtp_pacing: Literal["process", "loop"] = "process"
+    """Who sends the calls' RTP: ``process`` (default), a small sending process that sends each
+    packet at its 20 ms slot whatever the server's event loop is doing (Linux; elsewhere it falls
+    back to ``loop``), or ``loop``, the event loop's own ticker (packets leave when it gets to them)."""
     rtp_pacing_lead_ms: int = Field(15, ge=0, le=19)
-    """With ``rtp_pacing = "thread"``: how long after the loop builds a tick's packets the pacer
+    """With ``rtp_pacing = "process"``: how long after the loop builds a tick's packets the pacer
     sends them, the loop lateness it hides (and the delay it adds). Default: 15 ms (at 200 calls on
     one core, 10 left a few packets a slot late)."""
     user_agent: str = "Ringline"

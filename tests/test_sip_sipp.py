@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ringline.api.sip import SIP_UA
 from ringline.api.store import CallStatus, Role
 from tests.api_fixtures import API
 from tests.sip import make_pcaps
@@ -119,10 +120,15 @@ async def test_the_harness_hears_a_stand_ins_reply(tmp_path: Path, pcaps: dict[s
 # -- calls -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
-async def test_a_caller_who_speaks_hears_the_agents_reply(tmp_path: Path, pcaps: dict[str, Path], codec: str) -> None:
+@pytest.mark.parametrize(("codec", "pacing"), [("PCMU", "process"), ("PCMA", "process"), ("PCMU", "loop")])
+async def test_a_caller_who_speaks_hears_the_agents_reply(
+    tmp_path: Path, pcaps: dict[str, Path], codec: str, pacing: str
+) -> None:
+    """Sent by the pacer's process (the default) or by the loop's own ticker (``rtp_pacing``)."""
     payload_type, media = CODECS[codec], free_port_block(4)
-    async with sip_server() as server, Capture(sip_and_rtp(server), tmp_path / "cap.pcap") as cap:
+    async with sip_server(rtp_pacing=pacing) as server, Capture(sip_and_rtp(server), tmp_path / "cap.pcap") as cap:
+        pacer = server.api.app[SIP_UA].ticker.pacer
+        assert (pacer is not None and pacer.running) == (pacing == "process")
         result = await run_sipp(
             "uac_call.xml", server.sip, tmp_path / "sipp", media_port=media, codec=payload_type, codec_name=codec,
             sdp_port="[media_port]", pcap=pcaps[f"speech_{codec.lower()}.pcap"], pause_ms=round(SPEECH_PCAP_S * 1000),

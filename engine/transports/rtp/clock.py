@@ -16,9 +16,10 @@ If the loop stalls past later deadlines (a blocking call somewhere, a busy machi
   see the tick number jump (``RtpSession`` then keeps its RTP timestamps on the wall clock and
   drops the audio that would have played meanwhile) and ``stats.skipped`` counts them.
 
-With an ``RtpPacer`` (``pacer=``), the ticker builds and the pacer's thread sends: tick ``n``'s
-packets go to the calls' lanes and leave at ``origin + n * interval + pacer.lead``, so a tick run
-up to ``lead`` late is not heard (see ``pacer.py``). The pacer starts and stops with the ticker.
+With an ``RtpPacer`` (``pacer=``), the ticker builds and the pacer's process sends: tick ``n``'s
+packets go to the calls' lanes (handed over once the tick's callbacks ran) and leave at
+``origin + n * interval + pacer.lead``, so a tick run up to ``lead`` late is not heard (see
+``pacer.py``). The pacer starts and stops with the ticker.
 
 ``stats`` records how late each tick ran (p50/p99/max) for benchmarks and metrics. A sender that
 raises is logged and unregistered, so one broken call cannot stop the others.
@@ -144,7 +145,12 @@ class RtpTicker:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="rtp-ticker")
+            if self.pacer is not None:
+                self.pacer.start()  # blocks until its process is ready: tens of ms, once
+            origin = self._clock.now()
+            if self.pacer is not None:
+                self.pacer.begin(time.monotonic())  # the same instant on the pacer's clock
+            self._task = asyncio.create_task(self._run(origin), name="rtp-ticker")
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -166,11 +172,8 @@ class RtpTicker:
     ) -> None:
         await self.aclose()
 
-    async def _run(self) -> None:
-        clock, interval, stats = self._clock, self.interval, self.stats
-        origin = clock.now()
-        if self.pacer is not None:
-            self.pacer.start(time.monotonic())  # the same instant on the pacer's clock
+    async def _run(self, origin: float) -> None:
+        clock, interval, stats, pacer = self._clock, self.interval, self.stats, self.pacer
         n = 0
         while True:
             deadline = origin + n * interval
@@ -193,5 +196,7 @@ class RtpTicker:
                 except Exception:
                     log.exception("rtp sender %r failed: unregistered", sender)
                     self.unregister(sender)
+            if pacer is not None:
+                pacer.flush()
             stats._work.append(time.perf_counter() - started)
             n += 1
