@@ -45,6 +45,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import psutil
 
 from ringline.benchmarks.health import histograms, loop_health
 from ringline.engine.audio.g711 import alaw_decode, ulaw_decode
@@ -307,8 +308,14 @@ def hold_report(packets: list[UdpPacket], rtp_min: int, rtp_max: int, turn_ends:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the server and its children so far (the RTP pacer is a child process)."""
+    server = psutil.Process(pid)
+    total = 0.0
+    for process in [server, *server.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def sip_config(sip_port: int, rtp_min: int, rtp_max: int, options: Iterable[str] = ()) -> str:

@@ -14,7 +14,7 @@ datagram:
 - ``P`` tick (``!q``), then entries of lane id, address length, packet length (``!IBH``), the
   ``struct sockaddr`` and the packet: one tick's packets (a tick may come in several messages);
 - ``Q``: stop; the answer is ``S`` and a JSON report (slots, lateness and send-time percentiles in
-  ms, packets sent, late and dropped), then the process exits.
+  ms, packets sent, late and dropped, its CPU seconds), then the process exits.
 
 The process also exits when the server's end closes (the server died). A packet whose slot has
 passed when it arrives goes out at once (counted ``late``); a send the kernel refuses is
@@ -158,6 +158,7 @@ class Sender:
             "sent": self.sent,
             "late": self.late,
             "dropped": self.dropped,
+            "cpu_s": time.process_time(),
         }
 
 
