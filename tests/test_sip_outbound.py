@@ -12,6 +12,7 @@ greeting is 1.0 s of tone.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.timeout(40)
 OURS, THEIRS = "+14155550100", "+14155550199"
 GREETING_S = 1.0  # config/bench.toml: every phrase is 1.0 s of tone
 CODECS = {"PCMU": make_pcaps.PCMU, "PCMA": make_pcaps.PCMA}
+SPEECH_END_S = make_pcaps.speech_ends(make_pcaps.SPEECH_CLIPS)[0]
 HOOKS = "http://127.0.0.1:9/hooks"  # nothing listens: deliveries stay queued, which is all we look at
 NONCE = "dcd98b7102dd2f0e8b11d0f600bfb0c093"
 
@@ -143,6 +145,40 @@ async def test_an_answered_call_greets_and_the_api_ends_it_with_bye(tmp_path: Pa
     heard = rtp_streams(cap.packets())[(offer_port, far.media_port)]
     assert {p.payload_type for p in heard} == {payload_type}
     assert sum(loud(p) for p in heard) == pytest.approx(GREETING_S / 0.020, abs=1)
+
+
+async def test_early_media_is_taken_in_but_not_heard_as_the_callee(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """183 with SDP, then speech as early media (an announcement), then the answer: the call starts
+    on the answer and its agent never hears the announcement as a caller turn."""
+    pcaps = make_pcaps.write_all(tmp_path / "pcaps")
+    early_ms = round((SPEECH_END_S + 0.3) * 1000)  # answered right after the speech: still queued
+    async with (
+        sip_server() as server,
+        sipp_far_end(
+            "uas_early_media.xml",
+            tmp_path / "sipp",
+            codec=make_pcaps.PCMU,
+            codec_name="PCMU",
+            pcap=pcaps["speech_pcmu.pcap"],
+            early_ms=early_ms,
+        ) as far,  # fmt: skip
+    ):
+        key = await server.api.key()
+        await sip_number(server.api, key, trunk_at(far.sip_port))
+        with caplog.at_level(logging.INFO, logger="ringline.engine.transports.sip.outbound"):
+            call_id = await place(server.api, key)
+            await status_becomes(server.api, call_id, CallStatus.IN_PROGRESS)
+        await greeted(server.api, call_id)
+        await end_call(server.api, key, call_id)
+        result = await far.result()
+        row = await status_becomes(server.api, call_id, CallStatus.ENDED)
+        messages = [(m.role, m.content) for m in await server.api.store.list_messages(call_id)]
+    assert result.ok, result
+    assert f"early media from {HOST}:{far.media_port} (PCMU)" in caplog.text
+    assert row.end_reason == "api_ended"
+    assert messages == [(Role.ASSISTANT, "Hello, this is Ringline.")]  # no caller turn from the announcement
 
 
 # -- not answered --------------------------------------------------------------------------------

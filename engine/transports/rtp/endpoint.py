@@ -186,6 +186,19 @@ class RtpEndpoint:
     def closed(self) -> bool:
         return self._closed
 
+    def discard_pending(self) -> int:
+        """Drop the inbound events nobody has read yet (e.g. early media, heard before the call was
+        answered); how many. The end of iteration (``stop``, ``aclose``) stays queued."""
+        dropped, ended = 0, False
+        while not self._events.empty():
+            if self._events.get_nowait() is None:
+                ended = True
+            else:
+                dropped += 1
+        if ended:
+            self._events.put_nowait(None)
+        return dropped
+
     def stop(self) -> None:
         """End the call's iteration now (the sockets stay bound until ``aclose``)."""
         self._events.put_nowait(None)

@@ -5,6 +5,11 @@ and early media, then the leg, or the reason there is none.
 reason the call is recorded with: ``busy`` (486, 600, 603), ``no_answer`` (nobody answered within
 ``no_answer_timeout_s`` of ringing: we CANCEL; or 480/487), ``failed`` (any other refusal, bad
 credentials, a far end that never answers at all (timer B's 408), no common codec).
+
+Early media: a provisional answer with SDP (183 Session Progress, or a 180 with a body) sets the
+call's RTP session up from it, so the far end's ringback or announcements are taken in (its address
+latched, counted) rather than refused. They are not the callee: when the call is answered,
+whatever was heard before is dropped, and the call starts on the 200's media.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ringline.engine.transports.sip.dialog import Dialog, DialogError, make_canc
 from ringline.engine.transports.sip.digest import DigestError, authorize
 from ringline.engine.transports.sip.leg import CODECS, FORMATS, SipLeg
 from ringline.engine.transports.sip.message import Request, Response, SipError
-from ringline.engine.transports.sip.sdp import SdpError, SessionDescription, make_offer, negotiate
+from ringline.engine.transports.sip.sdp import NegotiatedMedia, SdpError, SessionDescription, make_offer, negotiate
 from ringline.engine.transports.sip.uri import NameAddr
 
 if TYPE_CHECKING:
@@ -88,7 +93,7 @@ async def _invite(
     responses: asyncio.Queue[Response] = asyncio.Queue()
     ua.send_request(invite, route.address, responses.put_nowait)
     deadline: float | None = ua.clock.now() + ua.config.no_answer_timeout_s
-    authenticated = rang = cancelled = False
+    authenticated = rang = cancelled = early = False
     try:
         while True:
             try:
@@ -108,6 +113,8 @@ async def _invite(
             status = response.status
             if status < 200:
                 rang = True
+                if response.body and not early:
+                    early = _early_media(ua, route, endpoint, invite, response)
                 continue
             if status in (401, 407) and not authenticated and route.username and route.password:
                 ua.forget(invite)
@@ -128,6 +135,28 @@ async def _invite(
         raise
     finally:
         ua.forget(invite)
+
+
+def _early_media(ua: SipUserAgent, route: Route, endpoint: RtpEndpoint, invite: Request, response: Response) -> bool:
+    """Take a provisional answer's SDP as early media; whether it could be."""
+    try:
+        media = negotiate(SessionDescription.parse(invite.body), SessionDescription.parse(response.body))
+    except SdpError as exc:
+        log.info("sip: %d from %s with unusable SDP (%s): no early media", response.status, route.target, exc)
+        return False
+    endpoint.session = _session(ua, media)
+    log.info("sip: early media from %s:%d (%s)", media.remote_host, media.remote_port, media.codec)
+    return True
+
+
+def _session(ua: SipUserAgent, media: NegotiatedMedia) -> RtpSession:
+    return RtpSession(
+        fmt=FORMATS[media.codec],
+        payload_type=media.payload_type,
+        dtmf_payload_type=media.dtmf_payload_type,
+        remote=(media.remote_host, media.remote_port),
+        jitter_delay=ua.config.jitter_ms / 1000,
+    )
 
 
 def _outcome(status: int, *, rang: bool, cancelled: bool) -> DialOutcome:
@@ -156,14 +185,11 @@ def _answered(
     except SdpError as exc:
         ua.send_request(dialog.create_request("BYE"), route.address, None)
         raise DialFailed(DialOutcome.FAILED, f"the answer's SDP: {exc or 'no common codec'}") from None
-    # The session was made before we knew the codec: make it again now that we do (nothing was sent).
-    endpoint.session = RtpSession(
-        fmt=FORMATS[media.codec],
-        payload_type=media.payload_type,
-        dtmf_payload_type=media.dtmf_payload_type,
-        remote=(media.remote_host, media.remote_port),
-        jitter_delay=ua.config.jitter_ms / 1000,
-    )
+    # The session was made before we knew the codec (or for early media): make it again on the
+    # answer's media (nothing was sent), and drop what was heard before the callee answered.
+    endpoint.session = _session(ua, media)
+    if dropped := endpoint.discard_pending():
+        log.debug("sip: %d frames heard before the answer dropped", dropped)
     leg = SipLeg(
         ua, invite=invite, remote=route.address, endpoint=endpoint, media=media, parameters=parameters, call_id=call_id
     )
