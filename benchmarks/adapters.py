@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,9 +93,29 @@ def adapter_config(data: dict[str, Any], vendors: dict[str, dict[str, str]], pre
     return data
 
 
+class VendorLag:
+    """The fakes' own event loop lag between ``start`` and ``stop`` (``vendors/serve.py``'s SIGUSR1)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._proc = proc
+
+    def _read(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        self._proc.send_signal(signal.SIGUSR1)
+        readable, _, _ = select.select([self._proc.stdout], [], [], READY_TIMEOUT_S)
+        return json.loads(self._proc.stdout.readline()) if readable else {}
+
+    def start(self) -> None:
+        self._read()
+
+    def stop(self) -> dict[str, Any]:
+        lag = self._read()
+        return {"vendors lag p99 ms": lag.get("lag_p99_ms"), "vendors lag max ms": lag.get("lag_max_ms")}
+
+
 @contextlib.contextmanager
-def started_vendors(options: list[str], core: int | None) -> Iterator[tuple[dict[str, Any], int]]:
-    """Start the vendor fakes in their own process; yield (their addresses and keys, pid)."""
+def started_vendors(options: list[str], core: int | None) -> Iterator[tuple[dict[str, Any], int, VendorLag]]:
+    """Start the vendor fakes in their own process; yield (their addresses and keys, pid, lag reader)."""
     cmd = pin(core) + [sys.executable, "-m", "ringline.benchmarks.vendors.serve", *options]
     log_file = tempfile.NamedTemporaryFile(prefix="ringline-vendors-", suffix=".log", delete=False)  # noqa: SIM115
     print(f"starting: {' '.join(cmd)} (log {log_file.name})", file=sys.stderr)
@@ -106,7 +127,7 @@ def started_vendors(options: list[str], core: int | None) -> Iterator[tuple[dict
         line = proc.stdout.readline() if readable else ""
         if not line:
             raise SystemExit(f"the vendor fakes did not start within {READY_TIMEOUT_S:.0f} s (log {log_file.name})")
-        yield json.loads(line), proc.pid
+        yield json.loads(line), proc.pid, VendorLag(proc)
         ok = True
     finally:
         stop_process(proc, log_file, keep_log=not ok, what="vendor")
@@ -137,7 +158,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
     rows: list[dict[str, Any]] = []
     complete = True
     with (
-        started_vendors(vendor_settings(data), args.vendor_core) as (vendors, vendor_pid),
+        started_vendors(vendor_settings(data), args.vendor_core) as (vendors, vendor_pid, vendor_lag),
         tempfile.TemporaryDirectory() as tmp,
     ):
         config = Path(tmp) / "bench_adapters.toml"
@@ -149,10 +170,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
                 print(f"--- {n} calls", file=sys.stderr)
                 base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
                 vendor_cpu.start()
+                vendor_lag.start()
                 before = histograms(base)
                 turns = args.baseline_turns if n == 1 else args.turns
                 measured, report = measure_calls(url, pid, n, argparse.Namespace(**(vars(args) | {"turns": turns})))
-                health = loop_health(before, histograms(base))
+                health = loop_health(before, histograms(base)) | vendor_lag.stop()
                 row = {
                     "calls": n,
                     "answered": measured["answered"],

@@ -4,7 +4,10 @@ point a Ringline server at them from another process (so the fakes' CPU is not t
     python -m ringline.benchmarks.vendors.serve --stt-final-ms 150 --llm-ttft-ms 350 --tts-ttfa-ms 150
 
 Prints one JSON line on stdout once all three listen on 127.0.0.1 (``{"deepgram": {"url",
-"api_key"}, "openai": {...}, "elevenlabs": {...}}``), then serves until SIGTERM or SIGINT.
+"api_key"}, "openai": {...}, "elevenlabs": {...}}``), then serves until SIGTERM or SIGINT. On
+SIGUSR1 it prints how late its own event loop ran a 10 ms timer since the last SIGUSR1 (one JSON
+line: ``lag_p50_ms``, ``lag_p99_ms``, ``lag_max_ms``, ``samples``), so a benchmark can tell a slow
+fake from a slow server.
 Every request is answered the same way. Deepgram transcribes each utterance as
 ``--stt-transcript``, ``--stt-final-ms`` after it is asked for (or after its own endpointing).
 OpenAI streams ``--llm-text``, its first token ``--llm-ttft-ms`` after the request (the role
@@ -21,6 +24,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 
 from ringline.benchmarks.vendors.deepgram import FakeDeepgram
 from ringline.benchmarks.vendors.elevenlabs import FakeElevenLabs, Latency
@@ -29,6 +33,33 @@ from ringline.benchmarks.vendors.openai import FakeOpenAi, Script
 DEEPGRAM_KEY = "dg-bench-key"
 OPENAI_KEY = "sk-bench-key"
 ELEVENLABS_KEY = "xi-bench-key"
+
+
+LAG_PROBE_S = 0.01
+
+
+class LagProbe:
+    """How late this loop runs a ``LAG_PROBE_S`` timer, since the last ``report``."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.samples.append(max(0.0, time.monotonic() - started - LAG_PROBE_S))
+
+    def report(self) -> None:
+        ordered, self.samples = sorted(self.samples), []
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000 if ordered else 0.0
+
+        print(
+            json.dumps({"lag_p50_ms": pct(50), "lag_p99_ms": pct(99), "lag_max_ms": pct(100), "samples": len(ordered)}),
+            flush=True,
+        )
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -48,6 +79,9 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    probe = LagProbe()
+    probing = asyncio.create_task(probe.run())
+    loop.add_signal_handler(signal.SIGUSR1, probe.report)
     async with deepgram, openai, elevenlabs:
         ready = {
             "deepgram": {"url": deepgram.url, "api_key": DEEPGRAM_KEY},
@@ -56,6 +90,7 @@ async def serve(args: argparse.Namespace) -> None:
         }
         print(json.dumps(ready), flush=True)
         await stop.wait()
+        probing.cancel()
         print(
             f"served {len(deepgram.connections)} Deepgram sockets, {len(openai.requests)} chat completions, "
             f"{len(elevenlabs.requests)} ElevenLabs requests",
