@@ -80,6 +80,7 @@ async def answer_invite(ua: SipUserAgent, invite: Request, source: Addr) -> None
         leg.end(leg.reason, f"refused: {exc}")
         await leg.run(call)
         return
+    endpoint.discard_pending()  # what came in while it rang is not the call
     ua.respond(ok)
     leg.answered(dialog)
     log.info("sip: answered %s from %s (%s)", invite.call_id, source[0], media.codec, extra=leg.extra)
