@@ -121,7 +121,7 @@ def _pacer(config: SipConfig) -> RtpPacer | None:
     if not RtpPacer.available():
         log.warning("sip: rtp_pacing = 'process' needs Linux; the event loop sends RTP instead")
         return None
-    return RtpPacer(lead=config.rtp_pacing_lead_ms / 1000)
+    return RtpPacer(lead=config.rtp_pacing_lead_ms / 1000, realtime=config.rtp_pacing_realtime)
 
 
 async def place_sip_call(

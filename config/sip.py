@@ -56,6 +56,10 @@ class SipConfig(BaseModel):
     """With ``rtp_pacing = "process"``: how long after the loop builds a tick's packets the pacer
     sends them, the loop lateness it hides (and the delay it adds). Default: 15 ms (at 200 calls on
     one core, 10 left a few packets a slot late)."""
+    rtp_pacing_realtime: bool = True
+    """With ``rtp_pacing = "process"``: whether the pacing process asks for real-time scheduling
+    (``SCHED_FIFO``; granted with CAP_SYS_NICE or as root, else it falls back to nice -10, then to
+    normal). Default: on."""
     user_agent: str = "Ringline"
 
     @field_validator("allowed_addresses", mode="before")

@@ -127,6 +127,21 @@ def test_when_the_process_dies_the_calls_send_for_themselves(udp, pacer, caplog)
     assert "the sending process is gone" in caplog.text
 
 
+def test_without_realtime_the_process_runs_at_normal_priority(udp) -> None:
+    sender, receiver = udp
+    pacer = RtpPacer(interval=INTERVAL, realtime=False)
+    lane = pacer.lane(sender)
+    pacer.start()
+    try:
+        assert pacer.priority == "normal"
+        pacer.begin(time.monotonic())
+        lane.push(0, b"still paced", receiver.getsockname())
+        pacer.flush()
+        assert receiver.recvfrom(100)[0] == b"still paced"
+    finally:
+        pacer.stop()
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="lead"):
         RtpPacer(interval=0.02, lead=0.02)

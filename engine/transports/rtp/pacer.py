@@ -24,7 +24,8 @@ a socket pair, so only the kernel's scheduling is between it and its slots.
   the pacer says so once in the log and every lane's ``push`` returns False: the calls send from
   the loop again, as without a pacer.
 - The process asks for real-time scheduling (``SCHED_FIFO``, lowest priority; it sleeps but for
-  ~2 ms a tick), else a raised priority, else runs as is: with ``CAP_SYS_NICE`` (or as root) it
+  ~2 ms a tick, and Linux's RT throttling bounds it anyway), else a raised priority, else runs as
+  is (or as is at once, ``realtime=False``): with ``CAP_SYS_NICE`` (or as root) it
   runs the moment its slot comes even on a busy core; ``priority`` says what it got, and the
   start-up log line too.
 - A packet built after its slot (the loop ran past the lead) goes out the moment it arrives.
@@ -119,11 +120,13 @@ class RtpPacer:
     """``start()``, then ``begin(origin)`` with tick 0's time on ``time.monotonic``; ``lane`` for
     each call's socket; ``flush()`` after each tick's packets are pushed; ``stop``."""
 
-    def __init__(self, *, interval: float = 0.02, lead: float = LEAD_S) -> None:
+    def __init__(self, *, interval: float = 0.02, lead: float = LEAD_S, realtime: bool = True) -> None:
         if not 0 <= lead < interval:
             raise ValueError(f"lead must be within [0, interval), got {lead!r}")
         self.interval = interval
         self.lead = lead
+        self.realtime = realtime
+        """Whether the process asks for real-time scheduling (see the module's docstring)."""
         self.report: dict[str, Any] = {}
         """The process's report, once stopped (see ``sender.py``)."""
         self.priority = ""
@@ -163,6 +166,7 @@ class RtpPacer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             args = [str(theirs.fileno()), repr(self.interval), repr(self.lead)]
+            args += [] if self.realtime else ["--no-realtime"]
             self._process = subprocess.Popen(
                 [sys.executable, "-I", str(SENDER), *args], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
             )

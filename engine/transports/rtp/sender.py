@@ -1,7 +1,7 @@
 """The RTP pacer's sending process (see ``pacer.py``). Standard library only: it starts in tens of
 milliseconds, holds a few MB, and nothing in it waits for the server's GIL or garbage collector.
 
-    python -I sender.py FD INTERVAL LEAD
+    python -I sender.py FD INTERVAL LEAD [--no-realtime]
 
 ``FD`` is its end of a ``SOCK_SEQPACKET`` socket pair with the server. Once started it says ``R``
 (ready); tick ``n``'s packets are sent at ``origin + n * INTERVAL + LEAD`` on ``time.monotonic``
@@ -162,10 +162,12 @@ class Sender:
         }
 
 
-def _prioritise() -> str:
+def _prioritise(realtime: bool) -> str:
     """Ask the kernel to run this process first when its slot comes: real-time (``SCHED_FIFO``,
-    lowest priority) if allowed (root or CAP_SYS_NICE), else a higher nice value; else as is.
-    Which one it got is the answer."""
+    lowest priority) if ``realtime`` and allowed (root or CAP_SYS_NICE), else a higher nice value;
+    else as is. Which one it got is the answer."""
+    if not realtime:
+        return "normal"
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
         return "fifo"
@@ -180,9 +182,10 @@ def _prioritise() -> str:
 
 def main(argv: list[str]) -> int:
     fd, interval, lead = int(argv[1]), float(argv[2]), float(argv[3])
+    realtime = "--no-realtime" not in argv[4:]
     control = socket.socket(fileno=fd)
     control.setblocking(False)
-    priority = _prioritise()
+    priority = _prioritise(realtime)
     try:
         Sender(control, interval, lead).run(priority)
     except (BrokenPipeError, ConnectionResetError):
