@@ -359,10 +359,16 @@ async def test_500_three_times_then_200_delivers_each_event_once_in_order_per_ca
                 for before, after in zip(hits, hits[1:], strict=False):  # N+1 not even tried before N was through
                     assert receiver.first_try[after.delivery] >= before.at
             for item in (await store.list_deliveries()).items:
-                assert item.status is OutboxStatus.DELIVERED and item.attempts == 4
                 attempts = await store.list_attempts(item.id)
-                assert [a.status_code for a in attempts] == [500, 500, 500, 204]
-                assert attempts[0].error == "HTTP 500: try again later" and attempts[-1].error is None
+                assert item.status is OutboxStatus.DELIVERED and item.attempts == len(attempts)
+                # What the receiver answered, in order. An attempt that never reached it (a pooled
+                # connection the server had just closed: seen once in CI) is recorded too, with its
+                # error and no status, and is retried like any other failure.
+                answered = [a for a in attempts if a.status_code is not None]
+                assert [a.status_code for a in answered] == [500, 500, 500, 204]
+                assert all(a.error for a in attempts if a.status_code is None)
+                assert attempts[-1] is answered[-1] and attempts[-1].error is None
+                assert answered[0].error == "HTTP 500: try again later"
         finally:
             await store.close()
 
