@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING
 
 from ringline.engine.errors import RinglineError
 from ringline.engine.transports.rtp.endpoint import PortsExhausted, RtpEndpoint
-from ringline.engine.transports.rtp.session import RtpSession
 from ringline.engine.transports.sip.dialog import Dialog, DialogError
 from ringline.engine.transports.sip.digest import AuthResult
-from ringline.engine.transports.sip.leg import CODECS, FORMATS, LegState, SipLeg
+from ringline.engine.transports.sip.leg import CODECS, LegState, SipLeg, media_session
 from ringline.engine.transports.sip.message import Request, SipError, make_response, new_tag
 from ringline.engine.transports.sip.sdp import SdpError, SessionDescription, answer
 
@@ -38,13 +37,7 @@ async def answer_invite(ua: SipUserAgent, invite: Request, source: Addr) -> None
         warning = f'399 ringline "{exc or "an SDP offer is required"}"'
         ua.respond(make_response(invite, status, reason, to_tag=new_tag(), headers=[("Warning", warning)]))
         return
-    session = RtpSession(
-        fmt=FORMATS[chosen.codec],
-        payload_type=chosen.payload_type,
-        dtmf_payload_type=chosen.dtmf_payload_type,
-        remote=(chosen.remote_host, chosen.remote_port),
-        jitter_delay=ua.config.jitter_ms / 1000,
-    )
+    session = media_session(chosen, ua.config.jitter_ms)
     try:
         endpoint = await RtpEndpoint.open(session, ua.ticker, host=ua.config.listen_host, ports=ua.ports)
     except PortsExhausted as exc:

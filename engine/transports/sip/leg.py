@@ -22,6 +22,7 @@ from ringline.engine.record import EndReason
 from ringline.engine.transports.base import Briefing, SendDtmfFailed, TransferFailed
 from ringline.engine.transports.events import AudioReceived, DtmfReceived, MarkPlayed
 from ringline.engine.transports.rtp.endpoint import RtpEndpoint
+from ringline.engine.transports.rtp.session import RtpSession
 from ringline.engine.transports.sip.dialog import Dialog, DialogError
 from ringline.engine.transports.sip.message import Request, make_response
 from ringline.engine.transports.sip.sdp import PCMA, PCMU, NegotiatedMedia, SdpError, SessionDescription, answer
@@ -34,6 +35,19 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"PCMU": MULAW_8K, "PCMA": ALAW_8K}
 CODECS = {"PCMU": PCMU, "PCMA": PCMA}
+
+
+def media_session(media: NegotiatedMedia, jitter_ms: int) -> RtpSession:
+    """An RTP session for negotiated ``media``: its codec, payload types and address."""
+    return RtpSession(
+        fmt=FORMATS[media.codec],
+        payload_type=media.payload_type,
+        dtmf_payload_type=media.dtmf_payload_type,
+        remote=(media.remote_host, media.remote_port),
+        jitter_delay=jitter_ms / 1000,
+    )
+
+
 REFER_TIMEOUT_S = 15.0
 """How long a REFER may take to report its outcome (NOTIFY) before it counts as failed (within
 the control API's 20 s wait for a transfer's outcome)."""

@@ -25,9 +25,9 @@ from ringline.engine.transports.rtp.endpoint import RtpEndpoint
 from ringline.engine.transports.rtp.session import RtpSession
 from ringline.engine.transports.sip.dialog import Dialog, DialogError, make_cancel, make_request
 from ringline.engine.transports.sip.digest import DigestError, authorize
-from ringline.engine.transports.sip.leg import CODECS, FORMATS, SipLeg
+from ringline.engine.transports.sip.leg import CODECS, SipLeg, media_session
 from ringline.engine.transports.sip.message import Request, Response, SipError
-from ringline.engine.transports.sip.sdp import NegotiatedMedia, SdpError, SessionDescription, make_offer, negotiate
+from ringline.engine.transports.sip.sdp import SdpError, SessionDescription, make_offer, negotiate
 from ringline.engine.transports.sip.uri import NameAddr
 
 if TYPE_CHECKING:
@@ -144,19 +144,9 @@ def _early_media(ua: SipUserAgent, route: Route, endpoint: RtpEndpoint, invite: 
     except SdpError as exc:
         log.info("sip: %d from %s with unusable SDP (%s): no early media", response.status, route.target, exc)
         return False
-    endpoint.session = _session(ua, media)
+    endpoint.session = media_session(media, ua.config.jitter_ms)
     log.info("sip: early media from %s:%d (%s)", media.remote_host, media.remote_port, media.codec)
     return True
-
-
-def _session(ua: SipUserAgent, media: NegotiatedMedia) -> RtpSession:
-    return RtpSession(
-        fmt=FORMATS[media.codec],
-        payload_type=media.payload_type,
-        dtmf_payload_type=media.dtmf_payload_type,
-        remote=(media.remote_host, media.remote_port),
-        jitter_delay=ua.config.jitter_ms / 1000,
-    )
 
 
 def _outcome(status: int, *, rang: bool, cancelled: bool) -> DialOutcome:
@@ -187,7 +177,7 @@ def _answered(
         raise DialFailed(DialOutcome.FAILED, f"the answer's SDP: {exc or 'no common codec'}") from None
     # The session was made before we knew the codec (or for early media): make it again on the
     # answer's media (nothing was sent), and drop what was heard before the callee answered.
-    endpoint.session = _session(ua, media)
+    endpoint.session = media_session(media, ua.config.jitter_ms)
     if dropped := endpoint.discard_pending():
         log.debug("sip: %d frames heard before the answer dropped", dropped)
     leg = SipLeg(
