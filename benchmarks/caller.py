@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import ipaddress
 import logging
 import sys
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from ringline.benchmarks import collector
 from ringline.benchmarks.call import run_call
 from ringline.benchmarks.clips import CLIP_TEXTS, SPEECH_CLIPS, load_clip
 from ringline.benchmarks.load import LoadReport, run_load
@@ -207,7 +207,7 @@ async def _main(args: argparse.Namespace) -> LoadReport:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    gc.freeze()  # long-lived import-time objects: keep full collections short (they stall frames)
+    collector.hold()  # a collection would stall frames and be read as the server's latency
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows

@@ -1,7 +1,10 @@
 """Many simulated calls at once, and the report a load run produces.
 
-``run_load`` starts ``n_calls`` calls staggered evenly over ``ramp_s`` (so their 20 ms frame
-grids do not line up), waits for all of them, and aggregates:
+``run_load`` starts ``n_calls`` calls staggered evenly over ``ramp_s``, each a further
+``i / n_calls`` of a frame later so that their 20 ms frame grids spread evenly over the 20 ms (a
+default stagger of exactly one frame would put every call's frames in the same millisecond: one
+burst per 20 ms, where a provider's streams each start with their own call), waits for all of
+them, and aggregates:
 
 - latency: last speech frame sent -> first reply media received, over every answered turn of
   every call; median and p95 (linear interpolation between closest ranks).
@@ -46,6 +49,7 @@ import psutil
 from ringline.benchmarks.call import Metronome, run_call
 from ringline.benchmarks.protocols import WireFactory
 from ringline.benchmarks.script import CallerScript, CallResult
+from ringline.benchmarks.session import FRAME_S
 
 MB = 1024 * 1024
 SAMPLE_INTERVAL_S = 0.25
@@ -208,7 +212,7 @@ async def run_load(
         t_start = loop.time()
 
         async def one(i: int) -> CallResult:
-            await asyncio.sleep(max(0.0, t_start + i * ramp / n_calls - loop.time()))
+            await asyncio.sleep(max(0.0, t_start + i * ramp / n_calls + i * FRAME_S / n_calls - loop.time()))
             result = await run_call(
                 url,
                 scripts[i],

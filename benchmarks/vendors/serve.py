@@ -7,7 +7,8 @@ Prints one JSON line on stdout once all three listen on 127.0.0.1 (``{"deepgram"
 "api_key"}, "openai": {...}, "elevenlabs": {...}}``), then serves until SIGTERM or SIGINT. On
 SIGUSR1 it prints how late its own event loop ran a 10 ms timer since the last SIGUSR1 (one JSON
 line: ``lag_p50_ms``, ``lag_p99_ms``, ``lag_max_ms``, ``samples``), so a benchmark can tell a slow
-fake from a slow server.
+fake from a slow server, and collects its garbage: it collects at start-up and at each SIGUSR1
+only (``collector.hold``), so send one between runs.
 Every request is answered the same way. Deepgram transcribes each utterance as
 ``--stt-transcript``, ``--stt-final-ms`` after it is asked for (or after its own endpointing).
 OpenAI streams ``--llm-text``, its first token ``--llm-ttft-ms`` after the request (the role
@@ -26,6 +27,7 @@ import signal
 import sys
 import time
 
+from ringline.benchmarks import collector
 from ringline.benchmarks.vendors.deepgram import FakeDeepgram
 from ringline.benchmarks.vendors.elevenlabs import FakeElevenLabs, Latency
 from ringline.benchmarks.vendors.openai import FakeOpenAi, Script
@@ -52,6 +54,7 @@ class LagProbe:
 
     def report(self) -> None:
         ordered, self.samples = sorted(self.samples), []
+        collector.hold()  # between runs: collect what the last one left, none while one runs
 
         def pct(q: float) -> float:
             return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000 if ordered else 0.0
@@ -88,6 +91,7 @@ async def serve(args: argparse.Namespace) -> None:
             "openai": {"url": openai.url, "api_key": OPENAI_KEY},
             "elevenlabs": {"url": elevenlabs.url, "api_key": ELEVENLABS_KEY},
         }
+        collector.hold()
         print(json.dumps(ready), flush=True)
         await stop.wait()
         probing.cancel()
