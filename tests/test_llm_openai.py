@@ -99,6 +99,19 @@ async def test_text_deltas_are_yielded_before_the_stream_ends(fake, make_llm) ->
     assert request.chunks_sent == 3
 
 
+async def test_the_reply_ends_at_finish_reason_and_its_body_is_read_aside(fake, make_llm) -> None:
+    fake.script(Script(text="All set.", done_after_s=30.0), Script(text="Anything else?"))
+    llm = make_llm()
+    async with asyncio.timeout(5):  # not waiting the 30 s for [DONE] and the end of the body
+        events = await collect(llm.stream(context(), []))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "All set."
+    first = fake.requests[0]
+    assert not first.finished.is_set()  # the body is still open, being read aside
+    await fake.close()  # the server ends the body: the reading aside ends with it
+    await asyncio.wait_for(llm.settle(), 5)
+    assert first.finished.is_set() and not first.disconnected.is_set()
+
+
 async def test_the_next_turn_reuses_the_connection(fake, make_llm) -> None:
     llm = make_llm()
     for _ in range(3):
@@ -201,6 +214,7 @@ async def test_concurrent_requests_spread_over_the_pools_and_each_pool_is_releas
         transport = llm.client()._client._transport
         assert isinstance(transport, ShardedTransport)
         replies = await asyncio.gather(*(collect(llm.stream(context(), [])) for _ in range(3)))
+        await llm.settle()
         assert all(replies) and transport._busy == [0] * POOL_SHARDS  # every response closed
         assert len({r.peer for r in fake.requests}) == 3  # three pools, a connection each
         await collect(llm.stream(context(), []))  # one at a time: the first pool's connection again

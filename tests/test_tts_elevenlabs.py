@@ -23,6 +23,7 @@ from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverTts
 from ringline.engine.tts.base import SpeechAudio
+from ringline.engine.tts import elevenlabs
 from ringline.engine.tts.elevenlabs import ElevenLabsTts
 from ringline.engine.tts.elevenlabs_ws import PhraseAligner, output_format_for
 from ringline.engine.tts.fake import FakeTts
@@ -184,6 +185,38 @@ async def test_closing_the_stream_mid_reply_closes_the_socket(fake):
     async with asyncio.timeout(5):
         await fake.requests[0].finished.wait()  # the server saw the client leave
     assert fake.requests[0].pieces_sent < sum(len(voiced(t, MULAW_8K)) for t in THREE) // 800
+    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("elevenlabs-") and not t.done()]
+    assert leftover == []
+
+
+async def test_an_idle_socket_gets_keep_alives_until_the_phrase_comes(fake, monkeypatch):
+    monkeypatch.setattr(elevenlabs, "KEEPALIVE_S", 0.05)
+
+    def keep_alives() -> int:
+        return sum(1 for m in fake.requests[0].messages[1:] if m == {"text": " "}) if fake.requests else 0
+
+    async def slow_llm() -> AsyncIterator[str]:  # thinking (a tool runs) before it says anything
+        while keep_alives() < 2:
+            await asyncio.sleep(0.01)
+        yield "Here it is."
+
+    audio = [a async for a in make_tts(fake).stream(slow_llm(), MULAW_8K)]
+    assert b"".join(a.chunk.data for a in audio) == voiced("Here it is.", MULAW_8K)
+    assert [m["text"] for m in fake.requests[0].messages][-2:] == ["Here it is. ", ""]
+
+
+async def test_a_phrase_source_that_fails_fails_the_reply_and_closes_the_socket(fake):
+    async def broken_llm() -> AsyncIterator[str]:
+        yield "One moment."
+        raise RuntimeError("the LLM stream broke")
+
+    with pytest.raises(RuntimeError, match="the LLM stream broke"):
+        async with asyncio.timeout(10):
+            async for _ in make_tts(fake).stream(broken_llm(), MULAW_8K):
+                pass
+    async with asyncio.timeout(5):
+        await fake.requests[0].finished.wait()  # the server saw the client leave
+    assert [m["text"] for m in fake.requests[0].messages] == [" ", "One moment. "]  # never ended as if whole
     leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("elevenlabs-") and not t.done()]
     assert leftover == []
 

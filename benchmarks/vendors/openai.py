@@ -96,6 +96,9 @@ class Script:
     """Abort the TCP connection after this many chunks (no terminating chunk, no ``[DONE]``)."""
     error_after: int | None = None
     """After this many chunks send ``data: {"error": ...}`` (how OpenAI reports a failure mid-stream)."""
+    done_after_s: float = 0.0
+    """Delay between the terminating chunk (``finish_reason``) and ``[DONE]`` with the end of the
+    body."""
     hang_after: int | None = None
     """Stop answering after this many chunks (0: right after the headers); the connection stays
     open until the client leaves or the server closes."""
@@ -258,6 +261,8 @@ class FakeOpenAi(LoopbackServer):
             recorded.chunks_sent += 1
             if recorded.first_chunk_at is None:
                 recorded.first_chunk_at = time.monotonic()
+        if await self._pause(script.done_after_s):
+            return response
         if (body.get("stream_options") or {}).get("include_usage"):
             await _send(response, {**base, "choices": [], "usage": _usage(script)})
         await response.write(b"data: [DONE]\n\n")

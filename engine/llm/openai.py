@@ -153,6 +153,7 @@ class OpenAiLlm:
         self._token_param = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
         self._owns_clients = clients is None
         self._clients = HttpClients() if clients is None else clients
+        self._drains: set[asyncio.Task[None]] = set()  # finished replies' bodies being read to the end
 
     def client(self) -> openai.AsyncOpenAI:
         """The SDK client (made on first use, on the event loop)."""
@@ -161,9 +162,17 @@ class OpenAiLlm:
         )
 
     async def aclose(self) -> None:
-        """Close the adapter's own client, if it made one; a shared one is its owner's to close."""
+        """Close the adapter's own client, if it made one; a shared one is its owner's to close.
+        Bodies still being read to their end are let finish first."""
+        await self.settle()
         if self._owns_clients:
             await self._clients.aclose()
+
+    async def settle(self) -> None:
+        """Wait until the bodies of finished replies are read to their end (their connections are
+        back in the pool). ``stream`` does, so a call's next request finds its connection."""
+        if self._drains:
+            await asyncio.gather(*self._drains, return_exceptions=True)
 
     def request(self, context: Context, tools: Sequence[Tool]) -> dict[str, Any]:
         """The arguments of ``chat.completions.create`` for this context.
@@ -189,6 +198,7 @@ class OpenAiLlm:
         return kwargs
 
     async def stream(self, context: Context, tools: Sequence[Tool]) -> AsyncIterator[LlmEvent]:
+        await self.settle()  # the last reply's body, read aside: seconds ago in a call
         kwargs = self.request(context, tools)
         config = self._config
         task = asyncio.current_task()
@@ -196,7 +206,6 @@ class OpenAiLlm:
         watchdog = _Watchdog(self._clock, task, config.first_token_timeout_s, config.timeout_s)
         calls = ToolCallAssembler()
         response: openai.AsyncAPIResponse[Any] | None = None
-        finished = False
         try:
             watchdog.start()
             watchdog.waiting = True
@@ -206,8 +215,6 @@ class OpenAiLlm:
                 watchdog.waiting = False
             events = sse_data(response.http_response.aiter_lines())
             while (data := await self._next(events, watchdog)) is not None:
-                if finished:
-                    continue  # [DONE] and the end of the body: read so the connection can be reused
                 chunk = parse_chunk(data)
                 if chunk is None:
                     continue
@@ -220,13 +227,16 @@ class OpenAiLlm:
                     for call in calls.feed(tool_calls):
                         yield call
                 if finish_reason is not None:
-                    finished = True
                     if finish_reason not in ("stop", "tool_calls"):
                         log.warning("openai: the reply ended early: finish_reason %s", finish_reason)
                     for call in calls.finish():
                         yield call
-            if not finished:
-                raise ProviderError("openai: the stream ended without a finish_reason", retryable=True)
+                    # The reply is whole: end it now, and read what follows ([DONE], the end of
+                    # the body) aside, so the connection goes back to the pool.
+                    self._drain_later(events, response)
+                    response = None
+                    return
+            raise ProviderError("openai: the stream ended without a finish_reason", retryable=True)
         except asyncio.CancelledError:
             if watchdog.claim_cancellation():
                 raise ProviderError(watchdog.expired, retryable=True) from None
@@ -243,6 +253,23 @@ class OpenAiLlm:
             await watchdog.stop()
             if response is not None:
                 await response.close()
+
+    def _drain_later(self, events: AsyncIterator[str], response: openai.AsyncAPIResponse[Any]) -> None:
+        task = asyncio.create_task(self._drain(events, response), name="openai-drain")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(self, events: AsyncIterator[str], response: openai.AsyncAPIResponse[Any]) -> None:
+        """Read a finished reply's body to its end (within ``timeout_s``) and close it: a body read
+        to the end leaves its connection reusable, one cut short closes it."""
+        try:
+            async with asyncio.timeout(self._config.timeout_s):
+                async for _ in events:
+                    pass
+        except (TimeoutError, httpx2.HTTPError, ProviderError) as exc:
+            log.debug("openai: the end of a finished reply's body was not read (%s): its connection closes", exc)
+        finally:
+            await response.close()
 
     async def _next(self, events: AsyncIterator[str], watchdog: _Watchdog) -> str | None:
         """The next event's data; None at the end of the body."""

@@ -220,10 +220,15 @@ async def warm_up(config: ElevenLabsTtsConfig, clients: HttpClients) -> None:
 
 class _SocketReply:
     """One reply on an open stream-input socket: sends phrases as they arrive while it yields the
-    audio that comes back. One loop waits at once on the next phrase, the next message and the
-    deadline, so every change of state happens in one place. The deadline is on the injected
-    clock: no message for ``stall_s`` while audio is owed fails the reply; an idle socket (the LLM
-    is slow, a tool is running) gets a keep-alive every ``KEEPALIVE_S``."""
+    audio that comes back.
+
+    Three strands, so that neither direction waits on the other: the reply itself awaits the
+    socket directly (a message is handed on one loop turn after it arrives); a sender task feeds
+    it phrases as the LLM makes them (one loop turn after each is queued); a watchdog task keeps
+    the deadline on the injected clock: no message for ``stall_s`` while audio is owed fails the
+    reply, and an idle socket (the LLM is slow, a tool is running) gets a keep-alive every
+    ``KEEPALIVE_S``. A failure of the sender or the watchdog is recorded and the socket closed,
+    which wakes the reply to raise it."""
 
     def __init__(
         self,
@@ -240,72 +245,78 @@ class _SocketReply:
         self._redact = redact
         self._ended = False  # text "" sent
         self._active = clock.now()  # last message either way
+        self._failure: BaseException | None = None
+        self._closing: asyncio.Future[bool] | None = None
 
     def _limit(self) -> float:
         owed = self._ended or self._aligner.owed
         return self._active + (self._stall_s if owed else KEEPALIVE_S)
 
     async def run(self, phrases: AsyncIterator[str]) -> AsyncIterator[SpeechAudio]:
-        ws, aligner, clock = self._ws, self._aligner, self._clock
-        source = aiter(phrases)
-        next_phrase: asyncio.Task[str] | None = asyncio.create_task(_anext(source), name="elevenlabs-phrase")
-        incoming = asyncio.create_task(ws.receive(), name="elevenlabs-receive")
-        timer: asyncio.Task[None] | None = None
-        timer_at = -1.0
-        index = 0
+        ws, aligner = self._ws, self._aligner
+        helpers = [
+            asyncio.create_task(self._send_phrases(phrases), name="elevenlabs-phrases"),
+            asyncio.create_task(self._watch(), name="elevenlabs-watchdog"),
+        ]
+        for task in helpers:
+            task.add_done_callback(self._helper_done)
         try:
             while True:
-                if (limit := self._limit()) != timer_at:
-                    if timer is not None:
-                        timer.cancel()
-                    timer, timer_at = asyncio.create_task(clock.sleep_until(limit), name="elevenlabs-timer"), limit
-                waiting: set[asyncio.Task[Any]] = {incoming, timer}
-                if next_phrase is not None:
-                    waiting.add(next_phrase)
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if next_phrase in done:
-                    try:
-                        text = next_phrase.result()
-                    except StopAsyncIteration:
-                        next_phrase = None
-                        self._ended = True
-                        await _send(ws, END_MESSAGE)
-                    else:
-                        sent = not aligner.add(index, text) or await _send(ws, phrase_message(text))
-                        index += 1
-                        # A socket that broke takes no more phrases; what it already sent is still read.
-                        next_phrase = asyncio.create_task(_anext(source), name="elevenlabs-phrase") if sent else None
-                    self._active = clock.now()
-                if incoming in done:
-                    message = incoming.result()
-                    if message.type is not aiohttp.WSMsgType.TEXT:
-                        if self._ended and not aligner.owed and self._ws.close_code == 1000:
-                            return  # closed cleanly without isFinal: nothing was missing
-                        raise self._closed(message)
-                    incoming = asyncio.create_task(ws.receive(), name="elevenlabs-receive")
-                    self._active = clock.now()
-                    received = SocketMessage.parse(message.data)
-                    if received.audio:
-                        for phrase, piece in aligner.feed(received.audio, received.alignment):
-                            yield SpeechAudio(phrase, AudioChunk(piece, aligner.format))
-                    elif received.error is not None:
-                        raise ProviderError(self._redact(received.error), retryable=received.retryable)
-                    if received.is_final:
-                        if not self._ended:
-                            raise ProviderError("elevenlabs: the socket ended before the reply did", retryable=True)
-                        return
-                if timer in done:
-                    timer_at = -1.0
-                    if clock.now() >= self._limit():
-                        if self._ended or aligner.owed:
-                            raise ProviderError(f"elevenlabs: no audio for {self._stall_s:g} s", retryable=True)
-                        await _send(ws, KEEPALIVE_MESSAGE)
-                        self._active = clock.now()
+                message = await ws.receive()
+                if self._failure is not None:
+                    raise self._failure
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    if self._ended and not aligner.owed and ws.close_code == 1000:
+                        return  # closed cleanly without isFinal: nothing was missing
+                    raise self._closed(message)
+                self._active = self._clock.now()
+                received = SocketMessage.parse(message.data)
+                if received.audio:
+                    for phrase, piece in aligner.feed(received.audio, received.alignment):
+                        yield SpeechAudio(phrase, AudioChunk(piece, aligner.format))
+                elif received.error is not None:
+                    raise ProviderError(self._redact(received.error), retryable=received.retryable)
+                if received.is_final:
+                    if not self._ended:
+                        raise ProviderError("elevenlabs: the socket ended before the reply did", retryable=True)
+                    return
         finally:
-            pending = [t for t in (next_phrase, incoming, timer) if t is not None and not t.done()]
-            for task in pending:
+            for task in helpers:
+                task.remove_done_callback(self._helper_done)
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*helpers, *filter(None, [self._closing]), return_exceptions=True)
+
+    async def _send_phrases(self, phrases: AsyncIterator[str]) -> None:
+        ws, aligner, clock = self._ws, self._aligner, self._clock
+        index = 0
+        async for text in phrases:
+            if aligner.add(index, text) and not await _send(ws, phrase_message(text)):
+                return  # a socket that broke takes no more phrases; the reply reads why
+            index += 1
+            self._active = clock.now()
+        self._ended = True
+        await _send(ws, END_MESSAGE)
+        self._active = clock.now()
+
+    async def _watch(self) -> None:
+        clock = self._clock
+        while True:
+            await clock.sleep_until(self._limit())
+            if clock.now() < self._limit():
+                continue  # something moved meanwhile
+            if self._ended or self._aligner.owed:
+                raise ProviderError(f"elevenlabs: no audio for {self._stall_s:g} s", retryable=True)
+            await _send(self._ws, KEEPALIVE_MESSAGE)
+            self._active = clock.now()
+
+    def _helper_done(self, task: asyncio.Task[None]) -> None:
+        """The phrase source raised, or the watchdog gave up: close the socket so the reply
+        (waiting on it) wakes and raises that."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if self._failure is None:
+            self._failure = error
+            self._closing = asyncio.ensure_future(self._ws.close())
 
     def _closed(self, message: aiohttp.WSMessage) -> ProviderError:
         code = self._ws.close_code
@@ -323,10 +334,6 @@ async def _send(ws: aiohttp.ClientWebSocketResponse, message: str) -> bool:
     except (aiohttp.ClientError, ConnectionError):
         return False
     return True
-
-
-async def _anext(source: AsyncIterator[str]) -> str:
-    return await anext(source)
 
 
 def _detail(body: Any) -> str:
