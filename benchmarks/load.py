@@ -182,6 +182,12 @@ class _Sampler:
         return 100.0 * (getattr(b, attr) - getattr(a, attr)) / (b.t - a.t), b.t - a.t
 
 
+def start_offsets(n_calls: int, ramp_s: float) -> list[float]:
+    """When each call starts (s after the first): evenly over ``ramp_s``, and call i a further
+    ``i / n_calls`` of a frame, so that the calls' 20 ms frame grids fall evenly over the frame."""
+    return [i * (ramp_s + FRAME_S) / n_calls for i in range(n_calls)]
+
+
 async def run_load(
     url: str,
     n_calls: int,
@@ -200,7 +206,8 @@ async def run_load(
     """
     if n_calls < 1:
         raise ValueError("n_calls must be at least 1")
-    ramp = min(5.0, 0.02 * n_calls) if ramp_s is None else ramp_s
+    offsets = start_offsets(n_calls, min(5.0, 0.02 * n_calls) if ramp_s is None else ramp_s)
+    ramp = offsets[-1]
     scripts = [script_factory(i) for i in range(n_calls)]
     loop = asyncio.get_running_loop()
     sampler = _Sampler(server_pid)
@@ -212,7 +219,7 @@ async def run_load(
         t_start = loop.time()
 
         async def one(i: int) -> CallResult:
-            await asyncio.sleep(max(0.0, t_start + i * ramp / n_calls + i * FRAME_S / n_calls - loop.time()))
+            await asyncio.sleep(max(0.0, t_start + offsets[i] - loop.time()))
             result = await run_call(
                 url,
                 scripts[i],

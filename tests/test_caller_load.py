@@ -6,7 +6,7 @@ import pytest
 
 from ringline.benchmarks.caller import _parse_args, clip_script
 from ringline.benchmarks.concurrency import BARGE_IN_COLUMNS, COLUMNS, markdown_table
-from ringline.benchmarks.load import LoadReport, aggregate
+from ringline.benchmarks.load import LoadReport, aggregate, start_offsets
 from ringline.benchmarks.script import CallerScript, CallResult, Turn, Utterance
 
 pytestmark = pytest.mark.timeout(5)
@@ -93,3 +93,12 @@ def test_concurrency_table_adds_barge_in_columns_only_when_asked() -> None:
     assert header.endswith("| barge-ins cleared | barge-in stop p95 ms |")
     assert cells.startswith("| 10 | - | - | 40/40 |")
     assert cells.endswith("| 29/30 | 121 |")
+
+
+@pytest.mark.parametrize(("n", "ramp_s"), [(100, 2.0), (4, 0.08), (10, 1.0)])
+def test_calls_start_over_the_ramp_on_frame_phases_spread_over_the_frame(n: int, ramp_s: float) -> None:
+    offsets = start_offsets(n, ramp_s)
+    assert offsets[0] == 0.0 and offsets == sorted(offsets) and ramp_s <= offsets[-1] + ramp_s / n < ramp_s + 0.02
+    phases = sorted(round((t % 0.02) * 1e6) for t in offsets)  # microseconds into the 20 ms frame
+    assert len(set(phases)) == n  # no two calls send their frames in the same instant
+    assert max(b - a for a, b in zip(phases, phases[1:] + [phases[0] + 20_000], strict=True)) <= 20_000 / n + 1
