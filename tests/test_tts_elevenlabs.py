@@ -22,8 +22,8 @@ from ringline.engine.audio.formats import ALAW_8K, MULAW_8K, PCM16_8K, PCM16_16K
 from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverTts
-from ringline.engine.tts.base import SpeechAudio
 from ringline.engine.tts import elevenlabs
+from ringline.engine.tts.base import SpeechAudio
 from ringline.engine.tts.elevenlabs import ElevenLabsTts
 from ringline.engine.tts.elevenlabs_ws import PhraseAligner, output_format_for
 from ringline.engine.tts.fake import FakeTts
@@ -192,12 +192,8 @@ async def test_closing_the_stream_mid_reply_closes_the_socket(fake):
 async def test_an_idle_socket_gets_keep_alives_until_the_phrase_comes(fake, monkeypatch):
     monkeypatch.setattr(elevenlabs, "KEEPALIVE_S", 0.05)
 
-    def keep_alives() -> int:
-        return sum(1 for m in fake.requests[0].messages[1:] if m == {"text": " "}) if fake.requests else 0
-
-    async def slow_llm() -> AsyncIterator[str]:  # thinking (a tool runs) before it says anything
-        while keep_alives() < 2:
-            await asyncio.sleep(0.01)
+    async def slow_llm() -> AsyncIterator[str]:  # thinking (a tool runs) until two keep-alives went
+        await fake.wait_for_messages(lambda messages: messages[1:].count({"text": " "}) >= 2)
         yield "Here it is."
 
     audio = [a async for a in make_tts(fake).stream(slow_llm(), MULAW_8K)]

@@ -39,6 +39,7 @@ import asyncio
 import base64
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +212,12 @@ class FakeElevenLabs(LoopbackServer):
         self.requests: list[RecordedRequest] = []
         self.connections = ConnectionCosts()
         self._ids = itertools.count(1)
+        self._heard = asyncio.Condition()  # notified at every socket message
+
+    async def wait_for_messages(self, predicate: Callable[[list[Any]], bool]) -> None:
+        """Until ``predicate`` holds for the messages of the newest socket."""
+        async with self._heard:
+            await self._heard.wait_for(lambda: bool(self.requests) and predicate(self.requests[-1].messages))
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/text-to-speech/{voice_id}/stream", self._http)
@@ -347,6 +354,8 @@ class FakeElevenLabs(LoopbackServer):
             except orjson.JSONDecodeError:
                 return ("invalid_message", "Invalid message received: not JSON")
             recorded.messages.append(data)
+            async with self._heard:
+                self._heard.notify_all()
             text = data.get("text") if isinstance(data, dict) else None
             if not isinstance(text, str):
                 return ("invalid_message", "Invalid message received: 'text' is required")
