@@ -107,6 +107,10 @@ async def test_the_reply_ends_at_finish_reason_and_its_body_is_read_aside(fake, 
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "All set."
     first = fake.requests[0]
     assert not first.finished.is_set()  # the body is still open, being read aside
+    async with asyncio.timeout(5):  # nor does the next reply wait for it: it takes another connection
+        second = await collect(llm.stream(context(), []))
+    assert "".join(e.text for e in second if isinstance(e, TextDelta)) == "Anything else?"
+    assert not first.finished.is_set() and fake.requests[1].peer != first.peer
     await fake.close()  # the server ends the body: the reading aside ends with it
     await asyncio.wait_for(llm.settle(), 5)
     assert first.finished.is_set() and not first.disconnected.is_set()
@@ -116,6 +120,7 @@ async def test_the_next_turn_reuses_the_connection(fake, make_llm) -> None:
     llm = make_llm()
     for _ in range(3):
         await collect(llm.stream(context(), []))
+        await llm.settle()  # the body read to its end: the connection is back in the pool
     assert len({r.peer for r in fake.requests}) == 1 and fake.requests[0].peer is not None
 
 

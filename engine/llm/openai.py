@@ -178,7 +178,9 @@ class OpenAiLlm:
 
     async def settle(self) -> None:
         """Wait until the bodies of finished replies are read to their end (their connections are
-        back in the pool). ``stream`` does, so a call's next request finds its connection."""
+        back in the pool); ``aclose`` does. A new request does not wait: in a call the last body
+        ended seconds ago, and one a server still holds open only keeps its own connection busy
+        (the request takes another), never the next reply."""
         if self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
 
@@ -199,7 +201,6 @@ class OpenAiLlm:
         return body
 
     async def stream(self, context: Context, tools: Sequence[Tool]) -> AsyncIterator[LlmEvent]:
-        await self.settle()  # the last reply's body, read aside: seconds ago in a call
         body = self.request(context, tools)
         config = self._config
         task = asyncio.current_task()
