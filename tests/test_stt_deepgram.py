@@ -557,6 +557,47 @@ async def test_audio_goes_out_in_chunks_and_a_finalize_flushes_what_is_held(fake
     assert finalizes() == [10 * len(frame)]
 
 
+async def test_audio_behind_a_full_socket_waits_and_then_goes_out_whole_and_in_order(fakes, sessions) -> None:
+    fake = await fakes(keep_audio=True)
+    session, _ = await sessions(config(fake))
+    await fake.wait_until(lambda: fake.connections)
+    fake.pause_reading()
+    transport = session._ws.transport  # white box: to see the socket's own buffer fill
+    _, high = transport.get_write_buffer_limits()
+    audio = bytearray()
+    frame_ms = 500  # large frames: the kernel's buffers take megabytes before the socket's fills
+    for i in range(4000):
+        frame = bytes((i + j) % 256 for j in range(MULAW_8K.bytes_for(frame_ms)))
+        await session.send(frame)
+        audio += frame
+        if transport.get_write_buffer_size() > high:
+            break
+    assert transport.get_write_buffer_size() > high  # writing stopped short: the rest is queued
+    for _ in range(3):  # the frame path goes on without waiting
+        frame = bytes(range(256)) * (MULAW_8K.bytes_for(frame_ms) // 256)
+        await session.send(frame)
+        audio += frame
+    await session.finalize()
+    fake.pause_reading(False)
+    conn = fake.connections[0]
+    await fake.wait_until(lambda: conn.controls("Finalize"))
+    assert conn.audio == audio  # every byte, in the order sent
+    assert conn.controls("Finalize")[0].after_bytes == len(audio)
+
+
+async def test_audio_sent_while_a_cut_connection_is_noticed_goes_out_on_the_next_one(fakes, sessions) -> None:
+    fake = await fakes(keep_audio=True)
+    session, _ = await sessions(config(fake))
+    session._abort()  # white box: its transport is closed, and websockets has not noticed yet
+    audio = silence(200)
+    for frame in frames(audio):  # the frame path neither raises nor loses audio, at any step of that
+        await session.send(frame)
+        await asyncio.sleep(0)
+    await session.finalize()
+    await fake.wait_until(lambda: len(fake.connections) == 2 and fake.connections[1].controls("Finalize"))
+    assert fake.connections[1].audio == audio  # replayed whole on the new connection
+
+
 # -- a whole call -----------------------------------------------------------------------------
 
 

@@ -452,6 +452,16 @@ class FakeDeepgram(LoopbackServer):
         """The next ``times`` sockets read on and never send anything (nor honour CloseStream)."""
         self._stall += times
 
+    def pause_reading(self, paused: bool = True) -> None:
+        """Stop (or resume) reading every open socket: the client's writes back up in the TCP
+        buffers, then in its own."""
+        for request in self._live.values():
+            if request.transport is not None:
+                if paused:
+                    request.transport.pause_reading()
+                else:
+                    request.transport.resume_reading()
+
     def drop(self) -> None:
         """Abort every open socket's TCP connection now."""
         for conn, request in list(self._live.items()):
