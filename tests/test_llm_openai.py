@@ -24,7 +24,7 @@ from ringline.engine.errors import ProviderError
 from ringline.engine.failover import FailoverLlm
 from ringline.engine.llm.base import Context, LlmEvent, Message, TextDelta, Tool, ToolCall
 from ringline.engine.llm.fake import FakeLlm
-from ringline.engine.llm.openai import POOL_SHARDS, OpenAiLlm, ShardedTransport, warm_up
+from ringline.engine.llm.openai import OpenAiLlm, warm_up
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -212,18 +212,19 @@ async def test_adapters_on_shared_clients_share_one_connection_and_aclose_leaves
     await asyncio.wait_for(fake.requests[1].finished.wait(), 5)
 
 
-async def test_concurrent_requests_spread_over_the_pools_and_each_pool_is_released(fake) -> None:
-    config = OpenAiLlmConfig(provider="openai", api_key=KEY, base_url=fake.url)
+async def test_concurrent_requests_past_aiohttps_default_limit_each_get_a_connection_then_reuse_them(fake) -> None:
+    config = OpenAiLlmConfig(provider="openai", api_key=KEY, base_url=fake.url, first_token_timeout_s=5.0)
+    n = 120  # aiohttp's connector allows 100 unless told otherwise
+    fake.script(*[Script(text="Sure.", headers_after_s=0.5) for _ in range(n)])  # all in flight at once
     async with HttpClients() as clients:
         llm = OpenAiLlm(config, LoopClock(), clients=clients)
-        transport = llm.client()._client._transport
-        assert isinstance(transport, ShardedTransport)
-        replies = await asyncio.gather(*(collect(llm.stream(context(), [])) for _ in range(3)))
-        await llm.settle()
-        assert all(replies) and transport._busy == [0] * POOL_SHARDS  # every response closed
-        assert len({r.peer for r in fake.requests}) == 3  # three pools, a connection each
-        await collect(llm.stream(context(), []))  # one at a time: the first pool's connection again
-        assert fake.requests[-1].peer == fake.requests[0].peer
+        replies = await asyncio.gather(*(collect(llm.stream(context(), [])) for _ in range(n)))
+        await llm.settle()  # every body read to its end: every connection back in the pool
+        assert all(replies)
+        peers = {r.peer for r in fake.requests}
+        assert len(peers) == n  # none waited for another's connection
+        await collect(llm.stream(context(), []))
+        assert fake.requests[-1].peer in peers  # a pooled connection, not a new one
 
 
 # -- tool calls -----------------------------------------------------------------------------------
@@ -406,7 +407,7 @@ async def test_a_stream_cut_mid_way_raises_retryable_after_the_tokens_so_far(fak
         await collect_until_error(make_llm().stream(context(), []), got)
     assert got == [TextDelta("one"), TextDelta(" two")]
     assert raised.value.retryable
-    assert str(raised.value).startswith("openai: connection error (RemoteProtocolError: peer closed connection")
+    assert str(raised.value).startswith("openai: connection error (ReadError: Response payload is not completed")
 
 
 async def test_an_error_event_mid_stream_raises_retryable(fake, make_llm) -> None:

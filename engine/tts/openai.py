@@ -30,7 +30,7 @@ from ringline.engine.audio.clock import Clock, LoopClock
 from ringline.engine.audio.formats import AudioChunk, AudioFormat, Encoding
 from ringline.engine.clients import HttpClients, borrow
 from ringline.engine.errors import ProviderError, parse_retry_after
-from ringline.engine.llm.openai import openai_client
+from ringline.engine.llm.openai import openai_client, root_cause, timed_out
 from ringline.engine.tts.base import SpeechAudio
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -94,9 +94,9 @@ class OpenAiTts:
                         raise ProviderError(
                             self._redact(_describe(exc)), retryable=retryable, retry_after=retry_after
                         ) from None
-                    except (openai.APITimeoutError, httpx2.TimeoutException):
-                        raise ProviderError(self._timed_out(), retryable=True) from None
                     except (openai.APIConnectionError, httpx2.HTTPError) as exc:
+                        if timed_out(exc):
+                            raise ProviderError(self._timed_out(), retryable=True) from None
                         raise ProviderError(self._redact(_connection_error(exc)), retryable=True) from None
                 index += 1
 
@@ -126,7 +126,7 @@ def _describe(exc: openai.APIStatusError) -> str:
 
 
 def _connection_error(exc: Exception) -> str:
-    cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError) and exc.__cause__ else exc
+    cause = root_cause(exc)
     return f"openai tts: connection failed ({type(cause).__name__}: {cause})"
 
 
