@@ -8,18 +8,17 @@ watch (KeepAlive when no audio went out for ``keepalive_s``; abort when a Finali
 unanswered; it sleeps until the next of those deadlines). ``aclose`` sends CloseStream, waits a
 bounded time for the server to finish, then aborts and cancels.
 
-``send`` is on the call's 20 ms frame path and never waits: it appends the frame to two deques
-and, once a chunk (``chunk_ms``) has gathered, writes it to the socket's transport as one frame
-(``wsframe``) if the socket is open and its send buffer under its high-water mark; else the
-sender task writes it when it can (after a reconnect, or once the buffer drains). The *outbox*
-is what is still to be written to the current socket (audio frames and control markers, in
-order). The *replay buffer* is the audio no
-final result has covered yet (at most ``_REPLAY_LIMIT_S``): each final's ``start + duration``
-acknowledges the audio before it. When the socket drops, the supervisor reconnects, replays the
-buffer (re-sending a Finalize still unanswered at its place), and shifts the new connection's
-word times by where the replay starts, so times keep increasing and no word is lost. When
-reconnecting fails for ``give_up_after_s``, or the server refuses the key, the transcript
-iterator raises ``ProviderError(retryable=False)``.
+``send`` is on the call's 20 ms frame path and never waits: it appends the frame to two deques and,
+once a chunk (``chunk_ms``) has gathered, writes it to the socket's transport as one frame
+(``wsframe``) if the socket is open and its send buffer under its high-water mark; else the sender
+task writes it when it can (after a reconnect, or once the buffer drains). The *outbox* is what is
+still to be written to the current socket (audio frames and control markers, in order). The *replay
+buffer* is the audio no final result has covered yet (at most ``_REPLAY_LIMIT_S``): each final's
+``start + duration`` acknowledges the audio before it. When the socket drops, the supervisor
+reconnects, replays the buffer (re-sending a Finalize still unanswered at its place), and shifts
+the new connection's word times by where the replay starts, so times keep increasing and no word is
+lost. When reconnecting fails for ``give_up_after_s``, or the server refuses the key, the
+transcript iterator raises ``ProviderError(retryable=False)``.
 
 The parts without I/O (query parameters, outbox packing, the replay buffer, reading results) are
 in ``deepgram_protocol``. The SDK client comes from the process's shared ``HttpClients`` (one per
