@@ -35,7 +35,7 @@ from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.clients import HttpClients
 from ringline.engine.llm.base import Context, Message
 from ringline.engine.llm.openai import OpenAiLlm
-from ringline.engine.stt.deepgram import DeepgramStt
+from ringline.engine.stt.deepgram import DeepgramStt, DeepgramSttSession
 
 FRAME_S = 0.02
 MULAW_8K = AudioFormat(Encoding.MULAW, 8000)
@@ -47,8 +47,8 @@ async def deepgram(vendor: dict[str, str], args: argparse.Namespace, clients: Ht
     stt = DeepgramStt(config, LoopClock(), clients=clients)
     sessions = [await stt.open(MULAW_8K) for _ in range(args.calls)]
 
-    async def read(session: object) -> None:
-        async for _ in session:  # type: ignore[attr-defined]
+    async def read(session: DeepgramSttSession) -> None:
+        async for _ in session:
             pass
 
     readers = [asyncio.create_task(read(s)) for s in sessions]
