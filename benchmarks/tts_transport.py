@@ -1,5 +1,5 @@
-"""ElevenLabs transports compared: WebSocket (one stream-input socket per reply) against HTTP (one
-streaming request per phrase), both through the real adapter against the local fake with the
+"""ElevenLabs transports compared: WebSocket (the call's multi-context socket, a context per reply)
+against HTTP (one streaming request per phrase), both through the real adapter against the local fake with the
 same server-side latency model: time to first audio of each request or generation, synthesis
 speed, and the cost of setting up a connection (TCP + TLS handshakes).
 
@@ -11,9 +11,10 @@ over ``--replies`` replies of three phrases:
 - ``phrases ready``: all three phrases are there at once (a scripted line, a fast LLM);
 - ``LLM streaming``: the LLM yields a phrase at 300, 600 and 900 ms (its first-token time and pace).
 
-HTTP is measured twice: with the adapter's default (a client, hence a new connection, per reply)
-and with the shared clients the server gives every call (``clients=HttpClients()``), whose
-connections stay warm across replies.
+Each is measured twice. WebSocket: a call's first reply (which opens the call's socket) and its
+later replies (which find it open). HTTP: with the adapter's default (a client, hence a new
+connection, per reply) and with the shared clients the server gives every call
+(``clients=HttpClients()``), whose connections stay warm across replies.
 """
 
 from __future__ import annotations
@@ -63,18 +64,29 @@ async def reply(tts: ElevenLabsTts, at: Sequence[float]) -> Timing:
     return Timing(first, last)
 
 
+VARIANTS = (
+    "websocket, call's first reply",
+    "websocket, later replies",
+    "http, connection per reply",
+    "http, shared pool",
+)
+
+
 async def measure(fake: FakeElevenLabs, variant: str, at: Sequence[float], replies: int) -> Timing:
-    transport = "websocket" if variant == "websocket" else "http"
+    transport = variant.partition(",")[0]
     config = ElevenLabsTtsConfig(provider="elevenlabs", api_key=KEY, base_url=fake.url, transport=transport)
-    shared = HttpClients() if variant == "http, shared pool" else None
-    try:
-        tts = ElevenLabsTts(config, LoopClock(), clients=shared)
-        if shared is not None:
-            await reply(tts, at)  # warm the pool: later replies find a connection open
-        timings = [await reply(tts, at) for _ in range(replies)]
-    finally:
-        if shared is not None:
-            await shared.aclose()
+    async with HttpClients() as shared:
+        timings = []
+        if variant in ("websocket, call's first reply", "http, connection per reply"):
+            for _ in range(replies):  # every reply is a new call's
+                tts = ElevenLabsTts(config, LoopClock(), clients=shared if transport == "websocket" else None)
+                timings.append(await reply(tts, at))
+                await tts.aclose()
+        else:
+            tts = ElevenLabsTts(config, LoopClock(), clients=shared)
+            await reply(tts, at)  # warm: later replies find a connection open
+            timings = [await reply(tts, at) for _ in range(replies)]
+            await tts.aclose()
     return Timing(statistics.median(t.first_audio for t in timings), statistics.median(t.last_audio for t in timings))
 
 
@@ -88,7 +100,7 @@ async def run(args: argparse.Namespace) -> list[tuple[str, str, Timing]]:
     rows = []
     async with FakeElevenLabs(KEY, latency=latency) as fake:
         for scenario, at in SCENARIOS.items():
-            for variant in ("websocket", "http, connection per reply", "http, shared pool"):
+            for variant in VARIANTS:
                 rows.append((scenario, variant, await measure(fake, variant, at, args.replies)))
     return rows
 

@@ -36,6 +36,19 @@ TRANSPORTS = pytest.mark.parametrize("transport", ["http", "websocket"])
 THREE = ["Sure, I can help.", "Your table for two is booked at eight tonight.", "Anything else?"]
 
 
+MADE: list[ElevenLabsTts] = []
+
+
+@pytest.fixture(autouse=True)
+async def calls_end():
+    """Every adapter a test made is closed as its call would be (the call's socket with it)."""
+    yield
+    made = list(MADE)
+    MADE.clear()
+    for tts in made:
+        await tts.aclose()
+
+
 @pytest.fixture
 async def fake():
     async with FakeElevenLabs(KEY, latency=Latency(seconds_per_char=SECONDS_PER_CHAR)) as server:
@@ -45,7 +58,8 @@ async def fake():
 def make_tts(fake: FakeElevenLabs, transport: str = "websocket", *, timeout_s: float = 5.0, **kw) -> ElevenLabsTts:
     kw.setdefault("api_key", KEY)
     config = ElevenLabsTtsConfig(provider="elevenlabs", base_url=fake.url, transport=transport, **kw)
-    return ElevenLabsTts(config, LoopClock(), timeout_s=timeout_s)
+    MADE.append(tts := ElevenLabsTts(config, LoopClock(), timeout_s=timeout_s))
+    return tts
 
 
 async def listed(texts: Sequence[str]) -> AsyncIterator[str]:
@@ -130,9 +144,11 @@ async def test_voice_settings_model_and_voice_reach_the_server(fake, transport):
         assert [r.body.get("previous_text") for r in fake.requests] == [None, "Hello there."]
         assert fake.requests[1].voice_settings == settings
     else:
-        assert request.query["model_id"] == "eleven_turbo_v2_5"
-        assert request.messages[0]["text"] == " " and request.messages[-1] == {"text": ""}
+        assert request.path.endswith("/multi-stream-input")
+        assert request.query["model_id"] == "eleven_turbo_v2_5" and request.query["inactivity_timeout"] == "180"
+        assert request.messages[0] == {"text": " ", "voice_settings": settings, "context_id": "reply-1"}
         assert [m.get("flush") for m in request.messages[1:-1]] == [True, True]
+        assert request.messages[-1] == {"context_id": "reply-1", "close_context": True}
 
 
 # -- phrases --------------------------------------------------------------------------------------
@@ -171,50 +187,111 @@ async def test_each_phrase_is_spoken_as_it_arrives(fake, transport):
             order.append(audio.phrase)
             heard[audio.phrase].set()
     assert sorted(set(order)) == [0, 1, 2] and order == sorted(order)
-    if transport == "websocket":  # one socket, fed phrase by phrase
+    if transport == "websocket":  # one context, fed phrase by phrase
         assert len(fake.requests) == 1
-        assert [m["text"] for m in fake.requests[0].messages] == [" ", *(t + " " for t in THREE), ""]
+        assert [m.get("text") for m in fake.requests[0].messages] == [" ", *(t + " " for t in THREE), None]
 
 
-async def test_closing_the_stream_mid_reply_closes_the_socket(fake):
+def reply_tasks() -> list[asyncio.Task]:
+    """A reply's helper tasks still running (the call's idle reader is not one)."""
+    return [
+        t for t in asyncio.all_tasks() if t.get_name() in ("elevenlabs-phrases", "elevenlabs-watchdog") and not t.done()
+    ]
+
+
+async def test_replies_of_a_call_take_turns_on_one_socket_a_context_each(fake):
+    tts = make_tts(fake)
+    first = await speak(tts, ["Hello there."])
+    second = await speak(tts, THREE)
+    assert by_phrase(first) == {0: voiced("Hello there.", MULAW_8K)}
+    assert by_phrase(second) == {i: voiced(text, MULAW_8K) for i, text in enumerate(THREE)}
+    assert len(fake.requests) == 1 and fake.connections.connections == 1  # no handshake before the second
+    assert [m["context_id"] for m in fake.requests[0].messages] == ["reply-1"] * 3 + ["reply-2"] * 5
+    await tts.aclose()  # the call ended
+    async with asyncio.timeout(5):
+        await fake.requests[0].finished.wait()
+    assert fake.requests[0].messages[-1] == {"close_socket": True}
+
+
+async def test_a_reply_cut_off_closes_its_context_and_the_next_hears_none_of_it(fake):
     fake.latency = Latency(seconds_per_char=SECONDS_PER_CHAR, realtime_factor=1.0)  # real time: still talking
-    stream = make_tts(fake).stream(listed(THREE), MULAW_8K)
+    tts = make_tts(fake)
+    stream = tts.stream(listed(THREE), MULAW_8K)
     first = await anext(stream)
     assert first.phrase == 0
     await stream.aclose()  # barge-in
+    assert fake.requests[0].messages[-1] == {"context_id": "reply-1", "close_context": True}
+    assert reply_tasks() == []
+    # the server still voices what reply-1 flushed, on the same socket, while reply-2 speaks
+    fake.latency = Latency(seconds_per_char=SECONDS_PER_CHAR)
+    audio = await speak(tts, ["Yes?"])
+    assert by_phrase(audio) == {0: voiced("Yes?", MULAW_8K)}  # not a byte of reply-1's
+    assert len(fake.requests) == 1
+
+
+async def test_quick_barge_ins_never_open_more_contexts_than_elevenlabs_allows(fake):
+    fake.latency = Latency(seconds_per_char=SECONDS_PER_CHAR, realtime_factor=1.0)  # each cut reply voices on
+    tts = make_tts(fake)
+    for _ in range(7):
+        stream = tts.stream(listed(THREE), MULAW_8K)
+        assert (await anext(stream)).phrase == 0
+        await stream.aclose()
+    # five contexts still being voiced fill a socket: the sixth reply went to a new one, refused nowhere
+    assert len(fake.requests) == 2
+    assert all(not m.get("error") for r in fake.requests for m in r.messages)
+    assert [m["context_id"] for m in fake.requests[1].messages if m.get("text") == " "] == ["reply-1", "reply-2"]
+
+
+async def test_a_socket_the_server_closed_between_replies_is_replaced(fake):
+    tts = make_tts(fake)
+    fake.inactivity_s = 0.3  # the caller talks for longer than the socket may idle
+    await speak(tts, ["Hello there."])
     async with asyncio.timeout(5):
-        await fake.requests[0].finished.wait()  # the server saw the client leave
-    assert fake.requests[0].pieces_sent < sum(len(voiced(t, MULAW_8K)) for t in THREE) // 800
-    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("elevenlabs-") and not t.done()]
-    assert leftover == []
+        await fake.requests[0].finished.wait()
+    fake.inactivity_s = None
+    audio = await speak(tts, ["Still there?"])
+    assert by_phrase(audio) == {0: voiced("Still there?", MULAW_8K)}
+    assert len(fake.requests) == 2
+
+
+async def test_two_replies_at_once_on_one_call_each_get_a_socket(fake):
+    tts = make_tts(fake)
+    await speak(tts, ["Hello."])  # the call's socket exists
+    one, two = await asyncio.gather(speak(tts, ["Transferring you now."]), speak(tts, ["A caller about a booking."]))
+    assert by_phrase(one) == {0: voiced("Transferring you now.", MULAW_8K)}
+    assert by_phrase(two) == {0: voiced("A caller about a booking.", MULAW_8K)}
+    assert len(fake.requests) == 2  # the second, a briefing say, had one of its own
+    async with asyncio.timeout(5):
+        await fake.requests[1].finished.wait()  # and closed it when done
 
 
 async def test_an_idle_socket_gets_keep_alives_until_the_phrase_comes(fake, monkeypatch):
     monkeypatch.setattr(elevenlabs, "KEEPALIVE_S", 0.05)
+    keepalive = {"text": "", "context_id": "reply-1"}
 
     async def slow_llm() -> AsyncIterator[str]:  # thinking (a tool runs) until two keep-alives went
-        await fake.wait_for_messages(lambda messages: messages[1:].count({"text": " "}) >= 2)
+        await fake.wait_for_messages(lambda messages: messages.count(keepalive) >= 2)
         yield "Here it is."
 
     audio = [a async for a in make_tts(fake).stream(slow_llm(), MULAW_8K)]
     assert b"".join(a.chunk.data for a in audio) == voiced("Here it is.", MULAW_8K)
-    assert [m["text"] for m in fake.requests[0].messages][-2:] == ["Here it is. ", ""]
+    assert [m.get("text") for m in fake.requests[0].messages][-2:] == ["Here it is. ", None]
 
 
-async def test_a_phrase_source_that_fails_fails_the_reply_and_closes_the_socket(fake):
+async def test_a_phrase_source_that_fails_fails_the_reply_and_closes_its_context(fake):
     async def broken_llm() -> AsyncIterator[str]:
         yield "One moment."
         raise RuntimeError("the LLM stream broke")
 
+    tts = make_tts(fake)
     with pytest.raises(RuntimeError, match="the LLM stream broke"):
         async with asyncio.timeout(10):
-            async for _ in make_tts(fake).stream(broken_llm(), MULAW_8K):
+            async for _ in tts.stream(broken_llm(), MULAW_8K):
                 pass
-    async with asyncio.timeout(5):
-        await fake.requests[0].finished.wait()  # the server saw the client leave
-    assert [m["text"] for m in fake.requests[0].messages] == [" ", "One moment. "]  # never ended as if whole
-    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("elevenlabs-") and not t.done()]
-    assert leftover == []
+    assert fake.requests[0].messages[-1] == {"context_id": "reply-1", "close_context": True}
+    assert reply_tasks() == []
+    assert by_phrase(await speak(tts, ["Sorry."])) == {0: voiced("Sorry.", MULAW_8K)}  # the socket is fine
+    assert len(fake.requests) == 1
 
 
 # -- phrase attribution, sans I/O -----------------------------------------------------------------
@@ -378,7 +455,7 @@ async def test_replies_on_shared_clients_keep_the_http_connection_warm(fake, tra
         for _ in range(2):  # two calls' replies
             assert by_phrase(await speak(ElevenLabsTts(config, LoopClock(), clients=clients), ["Hello."]))
         assert clients.count == 1
-    # HTTP: the second reply came on the first one's connection; a socket is one reply's alone
+    # HTTP: the second reply came on the first one's connection; a socket is one call's alone
     assert fake.connections.connections == (1 if transport == "http" else 2)
 
 

@@ -13,13 +13,18 @@ Endpoints:
 
 - ``POST /v1/text-to-speech/{voice_id}/stream?output_format=...``: JSON ``{text, model_id,
   voice_settings}``; answers the audio as one chunked body.
-- ``GET /v1/text-to-speech/{voice_id}/stream-input?model_id=...&output_format=...``: a WebSocket.
-  The first message is ``{"text": " ", "voice_settings": ...}``; text accumulates until a message
-  with ``flush`` (or ``try_trigger_generation``) or the closing ``{"text": ""}``, and each such
-  batch is one generation, voiced in order: messages ``{"audio": base64, "isFinal": null,
-  "alignment": {chars, charStartTimesMs, charDurationsMs}, "normalizedAlignment": ...}`` (times
-  relative to each message's audio), then ``{"isFinal": true}`` and a normal close. No input for
-  ``inactivity_s``: an error message and close 1008, as ElevenLabs does.
+- ``GET /v1/text-to-speech/{voice_id}/multi-stream-input?model_id=...&output_format=...&
+  inactivity_timeout=...``: a WebSocket carrying contexts. ``{"text": " ", "context_id": c, ...}``
+  opens context ``c`` (at most five active at once: more is an error and close 1008); its text
+  accumulates until a message with ``flush`` (or ``try_trigger_generation``), and each such batch
+  is one generation, a context's voiced in order and contexts side by side: messages ``{"audio":
+  base64, "isFinal": null, "alignment": {chars, charStartTimesMs, charDurationsMs},
+  "normalizedAlignment": ..., "contextId": c}`` (times relative to each message's audio).
+  ``{"text": "", "context_id": c}`` only keeps it alive; ``{"context_id": c, "close_context":
+  true}`` closes it (text not flushed is dropped) and once its flushed text is voiced it gets
+  ``{"isFinal": true, "contextId": c}``; ``{"close_socket": true}`` closes them all, then the
+  socket (1000). No input for ``inactivity_timeout`` seconds (20 unless asked; at most 180): an
+  error message and close 1008, as ElevenLabs does.
 
 Both check the ``xi-api-key`` header (the socket also takes it as the first message's
 ``xi-api-key`` field) and answer 401 ``{"detail": {"status": "invalid_api_key", ...}}``.
@@ -51,6 +56,10 @@ from ringline.benchmarks.vendors.server import LoopbackServer
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.audio.g711 import encode
 
+DEFAULT_INACTIVITY_S = 20
+MAX_INACTIVITY_S = 180
+MAX_CONTEXTS = 5
+"""Contexts a multi-stream-input socket may have active at once."""
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "The request is malformed."),
     401: ("invalid_api_key", "Invalid API key"),
@@ -202,13 +211,14 @@ class FakeElevenLabs(LoopbackServer):
         *,
         latency: Latency | None = None,
         faults: Faults | None = None,
-        inactivity_s: float = 20.0,
+        inactivity_s: float | None = None,
     ) -> None:
         super().__init__()
         self.api_key = api_key
         self.latency = latency or Latency()
         self.faults = faults or Faults()
         self.inactivity_s = inactivity_s
+        """A socket without input this long is closed (1008); None: the URL's ``inactivity_timeout``."""
         self.requests: list[RecordedRequest] = []
         self.connections = ConnectionCosts()
         self._ids = itertools.count(1)
@@ -221,7 +231,7 @@ class FakeElevenLabs(LoopbackServer):
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/text-to-speech/{voice_id}/stream", self._http)
-        router.add_get("/v1/text-to-speech/{voice_id}/stream-input", self._socket)
+        router.add_get("/v1/text-to-speech/{voice_id}/multi-stream-input", self._socket)
 
     # -- common -----------------------------------------------------------------------------------
 
@@ -249,7 +259,7 @@ class FakeElevenLabs(LoopbackServer):
             return _error(400, "output_format: this fake speaks pcm_<rate>, ulaw_8000 and alaw_8000 only")
         return None
 
-    async def _voice(self, send: Any, text: str, fmt: AudioFormat, recorded: RecordedRequest, start: float) -> None:
+    async def voice(self, send: Any, text: str, fmt: AudioFormat, recorded: RecordedRequest, start: float) -> None:
         """Voice one generation: paced pieces through ``send(audio, alignment)``."""
         latency, faults = self.latency, self.faults
         recorded.generations.append(text)
@@ -294,7 +304,7 @@ class FakeElevenLabs(LoopbackServer):
                 await response.write(piece)
 
             try:
-                await self._voice(send, body["text"], fmt, recorded, start)
+                await self.voice(send, body["text"], fmt, recorded, start)
             except _Cut:
                 assert request.transport is not None
                 request.transport.abort()
@@ -304,7 +314,7 @@ class FakeElevenLabs(LoopbackServer):
         finally:
             recorded.finished.set()
 
-    # -- GET /v1/text-to-speech/{voice_id}/stream-input (WebSocket) -------------------------------
+    # -- GET /v1/text-to-speech/{voice_id}/multi-stream-input (WebSocket) -------------------------
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
         recorded = await self._record(request, "websocket")
@@ -313,39 +323,47 @@ class FakeElevenLabs(LoopbackServer):
             if (refusal := self._refusal(request, fmt, socket=True)) is not None:
                 return refusal
             assert fmt is not None
+            asked = request.query.get("inactivity_timeout", str(DEFAULT_INACTIVITY_S))
+            if not asked.isdigit() or not 1 <= int(asked) <= MAX_INACTIVITY_S:
+                return _error(422, f"inactivity_timeout: an integer from 1 to {MAX_INACTIVITY_S}")
             ws = web.WebSocketResponse(autoping=True)
             await ws.prepare(request)
-            batches: asyncio.Queue[str | None] = asyncio.Queue()
-            voicer = asyncio.create_task(self._voice_batches(request, ws, batches, fmt, recorded))
+            contexts = _Contexts(self, request, ws, fmt, recorded)
             try:
-                outcome = await self._read_text(ws, batches, recorded, header_key=request.headers.get("xi-api-key"))
+                outcome = await self._read_contexts(ws, contexts, recorded, request, float(asked))
                 if isinstance(outcome, tuple):
                     error, reason = outcome
                     await ws.send_str(orjson.dumps({"message": reason, "error": error, "code": 1008}).decode())
                     await ws.close(code=1008, message=reason.encode())
                 elif outcome == "end":
-                    await voicer
+                    await contexts.voiced()
+                    await ws.close()
             finally:
-                voicer.cancel()
-                await asyncio.gather(voicer, return_exceptions=True)
+                await contexts.cancel()
             return ws
         finally:
             recorded.finished.set()
 
-    async def _read_text(
-        self, ws: web.WebSocketResponse, batches: asyncio.Queue[str | None], recorded: RecordedRequest, header_key: Any
+    async def _read_contexts(
+        self,
+        ws: web.WebSocketResponse,
+        contexts: _Contexts,
+        recorded: RecordedRequest,
+        request: web.Request,
+        idle_s: float,
     ) -> str | tuple[str, str]:
-        """Read the client's messages into batches (one per flush, ``None`` at the end). Returns
-        ``"end"`` after ``{"text": ""}``, ``"left"`` when the client closed, ``(error, message)``
-        when it broke the protocol or went quiet."""
-        buffer = ""
+        """Read the client's messages, opening, feeding and closing contexts. Returns ``"end"``
+        after ``close_socket``, ``"left"`` when the client closed, ``(error, message)`` when it
+        broke the protocol or went quiet for ``inactivity_s`` (else the URL's
+        ``inactivity_timeout``; a change of the knob counts from the next message on)."""
         while True:
+            timeout = self.inactivity_s if self.inactivity_s is not None else idle_s
             try:
-                message = await ws.receive(timeout=self.inactivity_s)
+                message = await ws.receive(timeout=timeout)
             except TimeoutError:
                 return (
                     "input_timeout_exceeded",
-                    f"Have not received a new text input within the timeout of {self.inactivity_s:g} seconds.",
+                    f"Have not received a new text input within the timeout of {timeout:g} seconds.",
                 )
             if message.type is not WSMsgType.TEXT:
                 return "left"
@@ -356,35 +374,99 @@ class FakeElevenLabs(LoopbackServer):
             recorded.messages.append(data)
             async with self._heard:
                 self._heard.notify_all()
-            text = data.get("text") if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                return ("invalid_message", "Invalid message received: not a JSON object")
+            first = len(recorded.messages) == 1
+            if first and "xi-api-key" not in request.headers and data.get("xi-api-key") != self.api_key:
+                return ("invalid_api_key", "Invalid API key")
+            if data.get("close_socket"):
+                contexts.close_all()
+                return "end"
+            context = data.get("context_id", data.get("contextId")) or "default"
+            if not isinstance(context, str):
+                return ("invalid_message", "Invalid message received: 'context_id' must be a string")
+            if data.get("close_context"):
+                contexts.close(context)
+                continue
+            text = data.get("text")
             if not isinstance(text, str):
                 return ("invalid_message", "Invalid message received: 'text' is required")
-            if len(recorded.messages) == 1:
-                if header_key is None and data.get("xi-api-key") != self.api_key:
-                    return ("invalid_api_key", "Invalid API key")
+            if not contexts.is_open(context):
                 if text != " ":
-                    return ("invalid_message", "The first message must have text ' '")
-                continue
-            if text == "":
-                if buffer.strip():
-                    batches.put_nowait(buffer)
-                batches.put_nowait(None)
-                return "end"
-            buffer += text
-            if (data.get("flush") or data.get("try_trigger_generation")) and buffer.strip():
-                batches.put_nowait(buffer)
-                buffer = ""
+                    return ("invalid_message", f"Context {context} is not open: its first message must have text ' '")
+                if contexts.active >= MAX_CONTEXTS:
+                    return (
+                        "max_active_conversations",
+                        f"Maximum simultaneous contexts per WebSocket connection exceeded ({MAX_CONTEXTS}). "
+                        "Please close an existing context before opening a new one.",
+                    )
+                contexts.open(context)
+            elif text:  # "" keeps the context alive
+                contexts.add(context, text, flush=bool(data.get("flush") or data.get("try_trigger_generation")))
 
-    async def _voice_batches(
+
+class _Contexts:
+    """The contexts of one multi-stream-input socket. Each has its text buffer and a voicer task
+    that voices its flushed batches in order, then, once the context is closed, says ``isFinal``
+    for it; contexts are voiced side by side, as ElevenLabs does. A context counts as active until
+    its ``isFinal`` went out."""
+
+    def __init__(
         self,
+        server: FakeElevenLabs,
         request: web.Request,
         ws: web.WebSocketResponse,
-        batches: asyncio.Queue[str | None],
         fmt: AudioFormat,
         recorded: RecordedRequest,
     ) -> None:
-        """Voice each batch in order, then ``isFinal`` and a normal close. Runs beside the reader
-        of the client's text, so a fault cuts the connection at once."""
+        self._server = server
+        self._request = request
+        self._ws = ws
+        self._fmt = fmt
+        self._recorded = recorded
+        self._open: dict[str, tuple[list[str], asyncio.Queue[str | None]]] = {}  # context -> buffer, batches
+        self._voicers: set[asyncio.Task[None]] = set()
+
+    @property
+    def active(self) -> int:
+        return len(self._voicers)
+
+    def is_open(self, context: str) -> bool:
+        return context in self._open
+
+    def open(self, context: str) -> None:
+        batches: asyncio.Queue[str | None] = asyncio.Queue()
+        self._open[context] = ([], batches)
+        task = asyncio.create_task(self._voice(context, batches))
+        self._voicers.add(task)
+        task.add_done_callback(self._voicers.discard)
+
+    def add(self, context: str, text: str, *, flush: bool) -> None:
+        buffer, batches = self._open[context]
+        buffer.append(text)
+        if flush and "".join(buffer).strip():
+            batches.put_nowait("".join(buffer))
+            buffer.clear()
+
+    def close(self, context: str) -> None:
+        """No more text: what was flushed is still voiced, what was not is dropped."""
+        if (entry := self._open.pop(context, None)) is not None:
+            entry[1].put_nowait(None)
+
+    def close_all(self) -> None:
+        for context in list(self._open):
+            self.close(context)
+
+    async def voiced(self) -> None:
+        await asyncio.gather(*self._voicers, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        for task in list(self._voicers):
+            task.cancel()
+        await self.voiced()
+
+    async def _voice(self, context: str, batches: asyncio.Queue[str | None]) -> None:
+        ws = self._ws
 
         async def send(piece: bytes, alignment: dict[str, Any]) -> None:
             message = {
@@ -392,6 +474,7 @@ class FakeElevenLabs(LoopbackServer):
                 "isFinal": None,
                 "normalizedAlignment": alignment,
                 "alignment": alignment,
+                "contextId": context,
             }
             await ws.send_str(orjson.dumps(message).decode())
 
@@ -399,12 +482,11 @@ class FakeElevenLabs(LoopbackServer):
         try:
             # A generation starts when its text is in and the one before it is voiced.
             while (text := await batches.get()) is not None:
-                await self._voice(send, text, fmt, recorded, loop.time())
-            await ws.send_str('{"isFinal":true}')
-            await ws.close()
+                await self._server.voice(send, text, self._fmt, self._recorded, loop.time())
+            await ws.send_str(orjson.dumps({"isFinal": True, "contextId": context}).decode())
         except _Cut:
-            assert request.transport is not None
-            request.transport.abort()
+            assert self._request.transport is not None
+            self._request.transport.abort()
         except ConnectionResetError:
             pass  # the client went away
 

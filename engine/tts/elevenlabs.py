@@ -5,12 +5,17 @@ Two transports (``ElevenLabsTtsConfig.transport``):
 - ``http``: one streaming request per phrase (``POST /v1/text-to-speech/{voice}/stream``) through
   the SDK's ``AsyncElevenLabs``; phrases are synthesized one after the other, in order, each with
   the reply so far as ``previous_text`` so the voice carries on.
-- ``websocket``: one stream-input socket per reply (``/v1/text-to-speech/{voice}/stream-input``),
-  opened as soon as the reply starts (while the LLM is still thinking) and fed phrase by phrase,
-  each with ``flush: true``; ``text: ""`` ends it. The SDK's helper for it is sync-only, so this
-  is a small asyncio client (aiohttp). One socket is one generation: the voice carries on from
-  phrase to phrase. Audio is attributed to phrases by its ``alignment`` (``PhraseAligner``). The
-  socket's URL, messages and aligner, without I/O, are in ``elevenlabs_ws``.
+- ``websocket``: one multi-context socket per call (``/v1/text-to-speech/{voice}/multi-stream-input``),
+  opened when the call's first reply starts (while the LLM is still thinking) and kept for the
+  next ones: each reply is a context of its own, fed phrase by phrase, each with ``flush: true``,
+  and closed (``close_context``) when the reply has no more; no TCP, TLS and WebSocket handshake
+  before any later reply. The SDK's helper for it is sync-only, so this is a small asyncio client
+  (aiohttp). A context is one generation: the voice carries on from phrase to phrase. Audio is
+  attributed to phrases by its ``alignment`` (``PhraseAligner``). Between replies an idle reader
+  drops what is still coming for a reply the caller cut off, and notices the server closing the
+  socket (``inactivity_timeout``, a restart): the next reply then opens a new one. ``aclose()``
+  (the call ended) closes it. The socket's URL, messages and aligner, without I/O, are in
+  ``elevenlabs_ws``.
 
 Audio comes in the call's own format where ElevenLabs has it (``output_format_for``): mu-law and
 A-law 8 kHz pass through untouched, PCM16 at an offered rate too; anything else gets the nearest
@@ -25,12 +30,15 @@ does not retry: the caller decides. Messages never contain the API key, and erro
 
 Clients: given the process's ``HttpClients``, the adapter shares one SDK client (and its warm
 HTTP connections) per base URL, key and timeout, and one aiohttp session for the sockets, with
-every call; without, each reply makes its own and closes them when it ends.
+every call; without, an HTTP reply makes its own client and closes it when it ends, and the
+socket gets a session of its own, closed with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -47,12 +55,14 @@ from ringline.engine.clients import POOL_KEEPALIVE, POOL_KEEPALIVE_EXPIRY_S, Htt
 from ringline.engine.errors import ProviderError, parse_retry_after
 from ringline.engine.tts.base import SpeechAudio
 from ringline.engine.tts.elevenlabs_ws import (
-    END_MESSAGE,
+    CLOSE_SOCKET_MESSAGE,
     FINAL_CLOSE_CODES,
-    KEEPALIVE_MESSAGE,
+    MAX_CONTEXTS,
     PhraseAligner,
     SocketMessage,
     WholeSamples,
+    close_message,
+    keepalive_message,
     open_message,
     output_format_for,
     phrase_message,
@@ -66,8 +76,8 @@ PREVIOUS_TEXT_CHARS = 300
 CHUNK_MS = 40
 """HTTP audio is handed on in pieces of this much (the SDK reads the body in fixed-size pieces)."""
 KEEPALIVE_S = 15.0
-"""An idle socket (waiting for the LLM, e.g. during a tool call) gets ``text: " "`` this often:
-ElevenLabs closes stream-input sockets after 20 s without input."""
+"""A reply's idle context (waiting for the LLM, e.g. during a tool call) gets ``text: ""`` this
+often: ElevenLabs closes a context after its inactivity timeout (20 s unless the URL asks more)."""
 
 
 class ElevenLabsTts:
@@ -89,11 +99,23 @@ class ElevenLabsTts:
             "similarity_boost": config.similarity_boost,
             "speed": config.speed,
         }
+        self._socket: _CallSocket | None = None
+        self._socket_lock = asyncio.Lock()
+        self._own_clients: HttpClients | None = None  # the socket's session when none are shared
 
     def stream(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
         if self._config.transport == "http":
             return self._stream_http(phrases, preferred)
         return self._stream_socket(phrases, preferred)
+
+    async def aclose(self) -> None:
+        """The call ended: close its socket (and the session made for it, if none was shared)."""
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.aclose()
+        own, self._own_clients = self._own_clients, None
+        if own is not None:
+            await own.aclose()
 
     # -- shared clients -----------------------------------------------------------------------------
 
@@ -161,21 +183,47 @@ class ElevenLabsTts:
                     said = f"{said} {text}".lstrip()
                 index += 1
 
-    # -- websocket: one stream-input socket per reply -------------------------------------------------
+    # -- websocket: the call's multi-context socket, a context per reply ------------------------------
 
     async def _stream_socket(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
         output_format, fmt = output_format_for(preferred)
-        log.debug("elevenlabs websocket reply: output_format %s", output_format)
-        async with borrow(self._clients) as clients:
-            # Closing sends a close frame and drops the connection unless the server's is already
-            # in: a barge-in or a dropped prepared reply never waits on the network.
-            ws = await self._connect(self.socket_session(clients), socket_url(self._config, output_format))
-            async with ws:
-                if not await _send(ws, open_message(self._voice)):
-                    raise ProviderError("elevenlabs: the socket closed as it opened", retryable=True)
-                reply = _SocketReply(ws, PhraseAligner(fmt), self._clock, self._timeout_s, self._redact)
-                async for audio in reply.run(phrases):
-                    yield audio
+        socket, own = await self._take_socket(output_format)
+        context = socket.new_context()
+        log.debug("elevenlabs websocket reply: context %s, output_format %s", context, output_format)
+        reply = _SocketReply(socket, context, PhraseAligner(fmt), self._clock, self._timeout_s, self._redact)
+        try:
+            async with contextlib.aclosing(reply.run(phrases, open_message(context, self._voice))) as audio:
+                async for item in audio:
+                    yield item
+        finally:
+            socket.release()
+            if own:
+                await socket.aclose()
+
+    async def _take_socket(self, output_format: str) -> tuple[_CallSocket, bool]:
+        """A socket for one reply, and whether it is the reply's own: the call's, opened on first
+        use and again when the last one broke, closed or was asked for another output format; or,
+        while another reply of the call holds that one (a transfer's briefing), one of its own."""
+        async with self._socket_lock:
+            socket = self._socket
+            if socket is not None and socket.busy:
+                socket = _CallSocket(await self._open_socket(output_format), output_format)
+                await socket.take()
+                return socket, True
+            if socket is None or not socket.usable or socket.full or socket.output_format != output_format:
+                self._socket = None
+                if socket is not None:
+                    await socket.aclose()
+                socket = self._socket = _CallSocket(await self._open_socket(output_format), output_format)
+            await socket.take()
+            return socket, False
+
+    async def _open_socket(self, output_format: str) -> aiohttp.ClientWebSocketResponse:
+        if self._clients is None and self._own_clients is None:
+            self._own_clients = HttpClients()
+        clients = self._clients or self._own_clients
+        assert clients is not None
+        return await self._connect(self.socket_session(clients), socket_url(self._config, output_format))
 
     async def _connect(self, session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
         try:
@@ -218,42 +266,127 @@ async def warm_up(config: ElevenLabsTtsConfig, clients: HttpClients) -> None:
         tts.socket_session(clients)
 
 
+class _CallSocket:
+    """One call's multi-context socket. Replies take turns on it, one context each, and read it
+    themselves while they run (a message is handed on one loop turn after it arrives). Between
+    replies an idle reader drops what still comes for a context the caller cut off and notices a
+    close: a socket that closed is not ``usable`` and the next reply opens another."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, output_format: str) -> None:
+        self.ws = ws
+        self.output_format = output_format
+        self._contexts = itertools.count(1)
+        self._unfinished: set[str] = set()  # contexts opened that the server has not said isFinal for
+        self._idle: asyncio.Task[None] | None = None
+        self._broken = False
+        self.busy = False
+        """A reply holds it."""
+
+    @property
+    def usable(self) -> bool:
+        return not (self._broken or self.ws.closed)
+
+    @property
+    def full(self) -> bool:
+        """As many contexts as ElevenLabs allows are still running (replies cut off in quick
+        succession, still being voiced): another would be refused."""
+        return len(self._unfinished) >= MAX_CONTEXTS
+
+    def new_context(self) -> str:
+        context = f"reply-{next(self._contexts)}"
+        self._unfinished.add(context)
+        return context
+
+    def finished(self, message: SocketMessage) -> None:
+        """Note a context's ``isFinal``."""
+        if message.is_final and message.context is not None:
+            self._unfinished.discard(message.context)
+
+    async def take(self) -> None:
+        """A reply takes it: the idle reader stops (nothing it had not read yet is lost)."""
+        self.busy = True
+        if (idle := self._idle) is not None:
+            self._idle = None
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
+
+    def release(self) -> None:
+        """The reply is done with it: the idle reader takes over."""
+        self.busy = False
+        if self.usable and self._idle is None:
+            self._idle = asyncio.create_task(self._read_idle(), name="elevenlabs-idle")
+
+    def broke(self) -> None:
+        """Something went wrong on the socket itself: the next reply opens another."""
+        self._broken = True
+
+    async def _read_idle(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                log.debug("elevenlabs socket closed between replies (code %s)", self.ws.close_code)
+                self._broken = True
+                await self.ws.close()
+                return
+            # the rest of a reply the caller cut off: nobody waits for it but its end counts
+            with contextlib.suppress(ProviderError):
+                self.finished(SocketMessage.parse(message.data))
+
+    async def aclose(self) -> None:
+        if (idle := self._idle) is not None:
+            self._idle = None
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
+        if not self.ws.closed:
+            await _send(self.ws, CLOSE_SOCKET_MESSAGE)
+            await self.ws.close()
+
+
 class _SocketReply:
-    """One reply on an open stream-input socket: sends phrases as they arrive while it yields the
-    audio that comes back.
+    """One reply, one context on the call's socket: sends phrases as they arrive while it yields
+    the audio that comes back.
 
     Three strands, so that neither direction waits on the other: the reply itself awaits the
-    socket directly (a message is handed on one loop turn after it arrives); a sender task feeds
-    it phrases as the LLM makes them (one loop turn after each is queued); a watchdog task keeps
-    the deadline on the injected clock: no message for ``stall_s`` while audio is owed fails the
-    reply, and an idle socket (the LLM is slow, a tool is running) gets a keep-alive every
-    ``KEEPALIVE_S``. A failure of the sender or the watchdog is recorded and the socket closed,
-    which wakes the reply to raise it."""
+    socket directly (a message is handed on one loop turn after it arrives) and skips messages of
+    other contexts; a sender task feeds it phrases as the LLM makes them (one loop turn after each
+    is queued) and closes the context after the last; a watchdog task keeps the deadline on the
+    injected clock: no message for ``stall_s`` while audio is owed fails the reply, and an idle
+    context (the LLM is slow, a tool is running) gets a keep-alive every ``KEEPALIVE_S``. A
+    failure of the sender or the watchdog is recorded and wakes the reply to raise it. A reply
+    that ends early (barge-in, a failure) closes its context; one that failed on the socket itself
+    (a close, a stall, a message that makes no sense) leaves the socket to be replaced."""
 
     def __init__(
         self,
-        ws: aiohttp.ClientWebSocketResponse,
+        socket: _CallSocket,
+        context: str,
         aligner: PhraseAligner,
         clock: Clock,
         stall_s: float,
         redact: Callable[[str], str],
     ) -> None:
-        self._ws = ws
+        self._socket = socket
+        self._ws = socket.ws
+        self._context = context
         self._aligner = aligner
         self._clock = clock
         self._stall_s = stall_s
         self._redact = redact
-        self._ended = False  # text "" sent
+        self._ended = False  # the phrases ran out: close_context sent
+        self._context_closed = False
         self._active = clock.now()  # last message either way
         self._failure: BaseException | None = None
-        self._closing: asyncio.Future[bool] | None = None
+        self._closing: asyncio.Future[bool | None] | None = None
 
     def _limit(self) -> float:
         owed = self._ended or self._aligner.owed
         return self._active + (self._stall_s if owed else KEEPALIVE_S)
 
-    async def run(self, phrases: AsyncIterator[str]) -> AsyncIterator[SpeechAudio]:
-        ws, aligner = self._ws, self._aligner
+    async def run(self, phrases: AsyncIterator[str], opening: str) -> AsyncIterator[SpeechAudio]:
+        socket, ws, aligner, context = self._socket, self._ws, self._aligner, self._context
+        if not await _send(ws, opening):
+            socket.broke()
+            raise ProviderError("elevenlabs: the socket closed as the reply began", retryable=True)
         helpers = [
             asyncio.create_task(self._send_phrases(phrases), name="elevenlabs-phrases"),
             asyncio.create_task(self._watch(), name="elevenlabs-watchdog"),
@@ -266,36 +399,56 @@ class _SocketReply:
                 if self._failure is not None:
                     raise self._failure
                 if message.type is not aiohttp.WSMsgType.TEXT:
+                    socket.broke()
                     if self._ended and not aligner.owed and ws.close_code == 1000:
                         return  # closed cleanly without isFinal: nothing was missing
                     raise self._closed(message)
                 self._active = self._clock.now()
-                received = SocketMessage.parse(message.data)
+                try:
+                    received = SocketMessage.parse(message.data)
+                except ProviderError:
+                    socket.broke()
+                    raise
+                if received.context not in (context, None):
+                    socket.finished(received)
+                    continue  # the rest of an earlier reply, cut off
                 if received.audio:
                     for phrase, piece in aligner.feed(received.audio, received.alignment):
                         yield SpeechAudio(phrase, AudioChunk(piece, aligner.format))
                 elif received.error is not None:
+                    if received.context is None:
+                        socket.broke()
                     raise ProviderError(self._redact(received.error), retryable=received.retryable)
-                if received.is_final:
+                if received.is_final and received.context == context:
+                    socket.finished(received)
+                    self._context_closed = True  # the server is done with it
                     if not self._ended:
-                        raise ProviderError("elevenlabs: the socket ended before the reply did", retryable=True)
+                        raise ProviderError("elevenlabs: the context ended before the reply did", retryable=True)
                     return
         finally:
             for task in helpers:
                 task.remove_done_callback(self._helper_done)
                 task.cancel()
             await asyncio.gather(*helpers, *filter(None, [self._closing]), return_exceptions=True)
+            if socket.usable:
+                await self._close_context()  # no more audio for a reply that is gone
+
+    async def _close_context(self) -> bool:
+        if self._context_closed:
+            return True
+        self._context_closed = True
+        return await _send(self._ws, close_message(self._context))
 
     async def _send_phrases(self, phrases: AsyncIterator[str]) -> None:
-        ws, aligner, clock = self._ws, self._aligner, self._clock
+        ws, aligner, clock, context = self._ws, self._aligner, self._clock, self._context
         index = 0
         async for text in phrases:
-            if aligner.add(index, text) and not await _send(ws, phrase_message(text)):
+            if aligner.add(index, text) and not await _send(ws, phrase_message(context, text)):
                 return  # a socket that broke takes no more phrases; the reply reads why
             index += 1
             self._active = clock.now()
         self._ended = True
-        await _send(ws, END_MESSAGE)
+        await self._close_context()
         self._active = clock.now()
 
     async def _watch(self) -> None:
@@ -305,18 +458,25 @@ class _SocketReply:
             if clock.now() < self._limit():
                 continue  # something moved meanwhile
             if self._ended or self._aligner.owed:
+                self._socket.broke()
                 raise ProviderError(f"elevenlabs: no audio for {self._stall_s:g} s", retryable=True)
-            await _send(self._ws, KEEPALIVE_MESSAGE)
+            await _send(self._ws, keepalive_message(self._context))
             self._active = clock.now()
 
     def _helper_done(self, task: asyncio.Task[None]) -> None:
-        """The phrase source raised, or the watchdog gave up: close the socket so the reply
-        (waiting on it) wakes and raises that."""
+        """The phrase source raised, or the watchdog gave up: wake the reply (waiting on the
+        socket) to raise that. A stalled socket is closed; a broken phrase source closes the
+        context, which the server answers once what was flushed is voiced (and if it does not,
+        the watchdog gives up on it)."""
         if task.cancelled() or (error := task.exception()) is None:
             return
         if self._failure is None:
             self._failure = error
-            self._closing = asyncio.ensure_future(self._ws.close())
+            if self._socket.usable:
+                self._ended = True
+                self._closing = asyncio.ensure_future(self._close_context())
+            else:
+                self._closing = asyncio.ensure_future(self._ws.close())
 
     def _closed(self, message: aiohttp.WSMessage) -> ProviderError:
         code = self._ws.close_code

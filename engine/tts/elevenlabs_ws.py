@@ -1,13 +1,17 @@
 """ElevenLabs streaming TTS, the parts without I/O: which ``output_format`` to ask for, the
-stream-input socket's URL and messages (``SocketMessage`` reads what comes back), and the
+multi-context socket's URL and messages (``SocketMessage`` reads what comes back), and the
 ``PhraseAligner`` that attributes the socket's audio to phrases. ``ringline.engine.tts.elevenlabs``
 runs them over the network.
 
-The stream-input protocol: the first message is ``{"text": " ", "voice_settings": ...}``; each
-phrase goes as ``{"text": "<phrase> ", "flush": true}``; ``{"text": " "}`` keeps an idle socket
-open; ``{"text": ""}`` ends the input. The server answers ``{"audio": base64, "alignment":
-{chars, charStartTimesMs, charDurationsMs}, "isFinal": null}`` messages, then ``{"isFinal":
-true}``; an error is ``{"error", "message", "code"}``.
+The multi-context protocol (``/v1/text-to-speech/{voice}/multi-stream-input``): one socket carries
+several generations, each a *context* named by the client. ``{"text": " ", "voice_settings": ...,
+"context_id": c}`` opens context ``c``; each phrase goes as ``{"text": "<phrase> ", "flush": true,
+"context_id": c}``; ``{"text": "", "context_id": c}`` keeps an idle context alive; ``{"context_id":
+c, "close_context": true}`` ends it (what was flushed is still voiced); ``{"close_socket": true}``
+ends them all. The server answers ``{"audio": base64, "alignment": {chars, charStartTimesMs,
+charDurationsMs}, "isFinal": null, "contextId": c}`` messages, then ``{"isFinal": true, "contextId":
+c}`` once a closed context is voiced; an error is ``{"error", "message", "code"}``. At most five
+contexts may be open on a socket at once.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 FINAL_CLOSE_CODES = frozenset({1003, 1007, 1008})
 """WebSocket closes (and error codes) that trying again will not cure: unsupported or invalid
 data, policy (bad key, bad parameters, quota)."""
-KEEPALIVE_MESSAGE = '{"text":" "}'
-END_MESSAGE = '{"text":""}'
+INACTIVITY_TIMEOUT_S = 180
+"""Asked for in the URL (the most ElevenLabs allows; its default is 20 s): the call's socket waits
+this long between replies (the caller's turn) before the server closes it."""
+MAX_CONTEXTS = 5
+"""Contexts ElevenLabs lets a socket have at once; one counts until its ``isFinal``."""
+CLOSE_SOCKET_MESSAGE = '{"close_socket":true}'
 
 
 def output_format_for(preferred: AudioFormat) -> tuple[str, AudioFormat]:
@@ -44,34 +52,45 @@ def output_format_for(preferred: AudioFormat) -> tuple[str, AudioFormat]:
 
 
 def socket_url(config: ElevenLabsTtsConfig, output_format: str) -> str:
-    """The stream-input URL (``wss://`` for an ``https://`` base URL)."""
+    """The multi-context socket's URL (``wss://`` for an ``https://`` base URL)."""
     scheme, netloc, path, _, _ = urlsplit(config.base_url)
     ws_scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
-    path = f"{path.rstrip('/')}/v1/text-to-speech/{quote(config.voice_id, safe='')}/stream-input"
+    path = f"{path.rstrip('/')}/v1/text-to-speech/{quote(config.voice_id, safe='')}/multi-stream-input"
     query = urlencode(
         {
             "model_id": config.model_id,
             "output_format": output_format,
             "auto_mode": "true",  # whole phrases come in: no buffering schedule on the server
             "sync_alignment": "true",  # alignment with every audio message
+            "inactivity_timeout": str(INACTIVITY_TIMEOUT_S),
         }
     )
     return urlunsplit((ws_scheme, netloc, path, query, ""))
 
 
-def open_message(voice_settings: dict[str, Any]) -> str:
-    return orjson.dumps({"text": " ", "voice_settings": voice_settings}).decode()
+def open_message(context: str, voice_settings: dict[str, Any]) -> str:
+    return orjson.dumps({"text": " ", "voice_settings": voice_settings, "context_id": context}).decode()
 
 
-def phrase_message(text: str) -> str:
+def phrase_message(context: str, text: str) -> str:
     """One phrase, voiced at once (``flush``); the trailing blank keeps words apart."""
-    return orjson.dumps({"text": text.strip() + " ", "flush": True}).decode()
+    return orjson.dumps({"text": text.strip() + " ", "flush": True, "context_id": context}).decode()
+
+
+def keepalive_message(context: str) -> str:
+    return orjson.dumps({"text": "", "context_id": context}).decode()
+
+
+def close_message(context: str) -> str:
+    return orjson.dumps({"context_id": context, "close_context": True}).decode()
 
 
 @dataclass(frozen=True, slots=True)
 class SocketMessage:
-    """One message from the server: audio (with its alignment), the end, or an error."""
+    """One message from the server: audio (with its alignment), the end of a context, or an error."""
 
+    context: str | None = None
+    """The context it belongs to (``contextId``); None for one about the whole socket."""
     audio: bytes = b""
     alignment: dict[str, Any] | None = None
     is_final: bool = False
@@ -104,7 +123,9 @@ class SocketMessage:
             error = f"elevenlabs: {data.get('error') or 'error'}: {data.get('message') or ''}".rstrip(": ")
         alignment = data.get("alignment")
         code = data.get("code")
+        context = data.get("contextId")
         return cls(
+            context if isinstance(context, str) else None,
             audio,
             alignment if isinstance(alignment, dict) else None,
             bool(data.get("isFinal")),
