@@ -222,8 +222,9 @@ class ElevenLabsTtsConfig(_Keyed):
     similarity_boost: float = Field(0.75, ge=0, le=1)
     speed: float = Field(1.0, ge=0.7, le=1.2)
     transport: Literal["websocket", "http"] = "websocket"
-    """``websocket``: one stream-input socket per reply fed phrase by phrase; ``http``: one
-    streaming request per phrase. See benchmarks/README.md for which is faster."""
+    """``websocket``: the call's multi-context socket, opened at its first reply and kept for the
+    next ones, a context per reply fed phrase by phrase; ``http``: one streaming request per
+    phrase. See benchmarks/README.md for which is faster."""
 
 
 class OpenAiTtsConfig(_Keyed):

@@ -396,10 +396,10 @@ class _SocketReply:
         try:
             while True:
                 message = await ws.receive()
-                if self._failure is not None:
-                    raise self._failure
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     socket.broke()
+                    if self._failure is not None:
+                        raise self._failure
                     if self._ended and not aligner.owed and ws.close_code == 1000:
                         return  # closed cleanly without isFinal: nothing was missing
                     raise self._closed(message)
@@ -409,8 +409,10 @@ class _SocketReply:
                 except ProviderError:
                     socket.broke()
                     raise
+                socket.finished(received)
+                if self._failure is not None:
+                    raise self._failure
                 if received.context not in (context, None):
-                    socket.finished(received)
                     continue  # the rest of an earlier reply, cut off
                 if received.audio:
                     for phrase, piece in aligner.feed(received.audio, received.alignment):
@@ -420,7 +422,6 @@ class _SocketReply:
                         socket.broke()
                     raise ProviderError(self._redact(received.error), retryable=received.retryable)
                 if received.is_final and received.context == context:
-                    socket.finished(received)
                     self._context_closed = True  # the server is done with it
                     if not self._ended:
                         raise ProviderError("elevenlabs: the context ended before the reply did", retryable=True)
