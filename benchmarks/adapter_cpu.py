@@ -2,9 +2,10 @@
 
     python -m ringline.benchmarks.adapter_cpu [--calls 100] [--seconds 5] [--replies 2] [--repeats 3]
 
-- ``deepgram``: ``--calls`` sessions stream mu-law 8 kHz silence in 20 ms frames, in real time, for
-  ``--seconds``: this process's CPU as % of a core, and per frame (what the call's frame path and
-  the session's tasks spend on it).
+- ``deepgram``: ``--calls`` sessions stream mu-law 8 kHz in 20 ms frames, in real time, for
+  ``--seconds``, first as between the caller's speech (``quiet_chunk_ms`` messages), then as in
+  it (the ``speech`` hint given: ``chunk_ms`` messages): this process's CPU as % of a core, and
+  per frame (what the call's frame path and the session's tasks spend on it).
 - ``openai``: ``--calls`` streamed chat replies at once, ``--replies`` rounds, with a ten-message
   context and the fake at the published latencies (first token 350 ms, then 50 tokens/s): CPU per
   reply (request, stream, drain).
@@ -56,17 +57,20 @@ async def deepgram(vendor: dict[str, str], args: argparse.Namespace, clients: Ht
     loop = asyncio.get_running_loop()
     ticks = int(args.seconds / FRAME_S)
     for _ in range(args.repeats):
-        cpu, start = time.process_time(), loop.time()
-        for i in range(ticks):
+        for speaking in (False, True):
             for session in sessions:
-                await session.send(frame)
-            await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_S - loop.time()))
-        cpu = time.process_time() - cpu
-        wall = loop.time() - start
-        print(
-            f"deepgram: {args.calls} sessions: {100 * cpu / wall:.1f} % of a core, "
-            f"{1e6 * cpu / (args.calls * ticks):.1f} us per 20 ms frame"
-        )
+                session.speech(speaking)
+            cpu, start = time.process_time(), loop.time()
+            for i in range(ticks):
+                for session in sessions:
+                    await session.send(frame)
+                await asyncio.sleep(max(0.0, start + (i + 1) * FRAME_S - loop.time()))
+            cpu = time.process_time() - cpu
+            wall = loop.time() - start
+            print(
+                f"deepgram: {args.calls} sessions, caller {'speaking' if speaking else 'silent'}: "
+                f"{100 * cpu / wall:.1f} % of a core, {1e6 * cpu / (args.calls * ticks):.1f} us per 20 ms frame"
+            )
     for session in sessions:
         await session.aclose()
     await asyncio.gather(*readers, return_exceptions=True)

@@ -75,9 +75,14 @@ class DeepgramSttConfig(_Keyed):
     reconnect_within_s: float = Field(1.0, gt=0)
     """After the socket drops: reconnect within this and replay the audio sent in the gap."""
     chunk_ms: int = Field(40, ge=10, le=250)
-    """Audio goes out in messages of about this much (a finalize sends what is held at once).
-    Larger messages cost the server less per call; mid-utterance audio reaches Deepgram up to
-    ``chunk_ms`` minus one frame later, end-of-speech audio never later (the finalize flushes it)."""
+    """While the caller speaks, audio goes out in messages of about this much (a finalize sends
+    what is held at once). Larger messages cost the server less per call; mid-utterance audio
+    reaches Deepgram up to ``chunk_ms`` minus one frame later, end-of-speech audio never later
+    (the finalize flushes it)."""
+    quiet_chunk_ms: int = Field(200, ge=10, le=250)
+    """Between speech (the call's voice activity detector hears none), messages of about this
+    much: audio with nothing to transcribe waits for more, and the start of speech sends what is
+    held at once, so Deepgram hears the first word no later than the detector does."""
 
 
 class WhisperSttConfig(_Model):

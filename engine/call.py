@@ -301,9 +301,13 @@ class Call:
         if edge is None:
             actions = turns.tick(vad.now, vad.last_voiced_end)
         elif isinstance(edge, SpeechStarted):
+            if stt is not None:
+                stt.speech(True)
             actions = turns.speech_started(edge.at) + turns.tick(vad.now, vad.last_voiced_end)
         else:
             assert isinstance(edge, SpeechStopped)
+            if stt is not None:
+                stt.speech(False)
             self._pending = TurnMetrics(user_stopped=self._last_voiced_at)
             actions = turns.speech_stopped(edge.at) + turns.tick(vad.now, vad.last_voiced_end)
         if actions:

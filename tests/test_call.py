@@ -2,13 +2,16 @@
 tools and hang-up, with the provider side played by ``Phone``."""
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from ringline.benchmarks.clips import SHORT_CLIP, load_clip
 from ringline.config.settings import load_settings
+from ringline.engine.audio.clock import FakeClock
 from ringline.engine.call import CallStatus
 from ringline.engine.llm.base import Tool
+from ringline.engine.providers import build_providers
 from ringline.engine.record import EndReason
 from ringline.engine.registry import CallRegistry
 from ringline.engine.tools import default_registry
@@ -65,6 +68,49 @@ async def test_reply_arrives_after_the_end_of_turn_silence(driver):
         breakdown[k] is not None for k in ("stt_final", "llm_first_token", "tts_first_audio", "first_audio_sent")
     )
     assert breakdown["first_audio_sent"] == pytest.approx((first_audio - last) * 1000, abs=25)
+
+
+class HintedStt:
+    """The agent's STT, with every ``speech`` hint its sessions got written down."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.hints: list[bool] = []
+
+    async def open(self, offered):
+        return _HintedSession(await self._inner.open(offered), self.hints)
+
+
+class _HintedSession:
+    def __init__(self, session, hints: list[bool]) -> None:
+        self._session = session
+        self._hints = hints
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def __aiter__(self):
+        return self._session.__aiter__()
+
+    def speech(self, active: bool) -> None:
+        self._hints.append(active)
+        self._session.speech(active)
+
+
+async def test_the_stt_session_is_told_when_the_caller_starts_and_stops_speaking():
+    config = agent()
+    providers = build_providers(config, FakeClock())
+    stt = HintedStt(providers.stt)
+    d = CallDriver(config, providers=dataclasses.replace(providers, stt=stt))
+    await d.start()
+    try:
+        await d.wait(0.5)
+        assert stt.hints == []  # silence: nothing to say
+        await d.say(BOOK)
+        await d.until(lambda: d.phone.media_times)  # the turn ended: the caller stopped
+        assert len(stt.hints) >= 2 and stt.hints == [i % 2 == 0 for i in range(len(stt.hints))]
+    finally:
+        await d.call.end(EndReason.CALLER_HANGUP)
 
 
 async def test_agent_speaks_first(driver):

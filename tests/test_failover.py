@@ -224,6 +224,9 @@ class DeadStt:
             async def send(self, audio):
                 await session.send(audio)
 
+            def speech(self, active):
+                session.speech(active)
+
             async def finalize(self):
                 dead.set()
 

@@ -542,6 +542,7 @@ async def test_send_never_suspends_the_frame_path(fakes, sessions) -> None:
 async def test_audio_goes_out_in_chunks_and_a_finalize_flushes_what_is_held(fakes, sessions) -> None:
     fake = await fakes()
     session, _ = await sessions(config(fake, chunk_ms=60))
+    session.speech(True)
     frame = silence(20)
     for _ in range(9):  # three chunks of three frames
         await session.send(frame)
@@ -555,6 +556,32 @@ async def test_audio_goes_out_in_chunks_and_a_finalize_flushes_what_is_held(fake
     finalizes = lambda: [c.after_bytes for c in conn.control if c.type == "Finalize"]  # noqa: E731
     await fake.wait_until(lambda: conn.audio_bytes == 10 * len(frame) and finalizes())
     assert finalizes() == [10 * len(frame)]
+
+
+async def test_between_speech_messages_are_larger_and_speech_start_sends_the_held_onset(fakes, sessions) -> None:
+    fake = await fakes()
+    session, _ = await sessions(config(fake, chunk_ms=40, quiet_chunk_ms=200))
+    frame = silence(20)
+    conn = fake.connections[0]
+    for _ in range(10):  # 200 ms of a caller saying nothing: one message
+        await session.send(frame)
+    await fake.wait_until(lambda: conn.audio_bytes == 10 * len(frame))
+    assert conn.audio_messages == 1
+    for _ in range(3):  # the onset of speech, before the detector is sure: held
+        await session.send(frame)
+    session.speech(True)  # the detector heard speech: the onset goes at once, in one message
+    await fake.wait_until(lambda: conn.audio_bytes == 13 * len(frame))
+    assert conn.audio_messages == 2
+    for _ in range(4):  # in speech: 40 ms messages
+        await session.send(frame)
+    await fake.wait_until(lambda: conn.audio_bytes == 17 * len(frame))
+    assert conn.audio_messages == 4
+    session.speech(False)
+    for _ in range(3):  # quiet again: held past 40 ms...
+        await session.send(frame)
+    await session.finalize()  # ...until the finalize
+    await fake.wait_until(lambda: conn.audio_bytes == 20 * len(frame))
+    assert conn.audio_messages == 5
 
 
 async def test_audio_behind_a_full_socket_waits_and_then_goes_out_whole_and_in_order(fakes, sessions) -> None:

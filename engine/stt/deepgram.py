@@ -266,7 +266,10 @@ class DeepgramSttSession:
         self._origin = 0
         """Session byte offset where the current connection's audio (its time 0) starts."""
         self._outbox: deque[bytes | Send] = deque()
-        self._chunk = fmt.bytes_for(config.chunk_ms)
+        self._speech_chunk = fmt.bytes_for(config.chunk_ms)
+        self._quiet_chunk = fmt.bytes_for(config.quiet_chunk_ms)
+        self._chunk = self._quiet_chunk
+        """Audio gathers to this much before it is written: ``chunk_ms`` in speech, ``quiet_chunk_ms`` between."""
         self._held = 0
         """Audio bytes queued since the outbox was last written: it is written once a chunk has gathered."""
         self._wake = asyncio.Event()
@@ -349,6 +352,14 @@ class DeepgramSttSession:
             self._held += len(audio)
             if self._held >= self._chunk:
                 self._flush()
+
+    def speech(self, active: bool) -> None:
+        if active:
+            self._chunk = self._speech_chunk
+            if self._held:
+                self._flush()  # the onset, held while it sounded like nothing yet
+        else:
+            self._chunk = self._quiet_chunk
 
     async def finalize(self) -> None:
         if self.state is SessionState.OPEN or self.state is SessionState.RECONNECTING:

@@ -69,6 +69,9 @@ class FakeSttSession:
                     interim = Transcript(" ".join(words[: max(1, len(words) // 2)]), False)
                     self._queue.put_nowait((self._clock.now(), interim))
 
+    def speech(self, active: bool) -> None:
+        pass  # scripted: the transcript does not depend on when audio arrives
+
     async def finalize(self) -> None:
         if self._sound_bytes:
             text = self._scripted()

@@ -229,6 +229,9 @@ class EmbeddedSttSession:
         if len(buffer) > self._cut_at:
             del buffer[: len(buffer) - self._keep]
 
+    def speech(self, active: bool) -> None:
+        pass  # the audio is transcribed whole at finalize: nothing to pace
+
     async def finalize(self) -> None:
         if self._closed:
             return
