@@ -254,6 +254,19 @@ async def test_a_socket_the_server_closed_between_replies_is_replaced(fake):
     assert len(fake.requests) == 2
 
 
+async def test_a_socket_that_stops_answering_pings_between_replies_is_replaced(fake, monkeypatch):
+    monkeypatch.setattr(elevenlabs, "HEARTBEAT_S", 0.2)
+    tts = make_tts(fake)
+    await speak(tts, ["Hello there."])
+    fake.answer_pings = False  # the connection is gone somewhere on the way: nothing comes back
+    async with asyncio.timeout(5):
+        await fake.requests[0].finished.wait()  # the client gave up on it and dropped it
+    fake.answer_pings = True
+    audio = await speak(tts, ["Still there?"])
+    assert by_phrase(audio) == {0: voiced("Still there?", MULAW_8K)}
+    assert len(fake.requests) == 2
+
+
 async def test_two_replies_at_once_on_one_call_each_get_a_socket(fake):
     tts = make_tts(fake)
     await speak(tts, ["Hello."])  # the call's socket exists

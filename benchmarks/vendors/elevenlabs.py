@@ -218,6 +218,8 @@ class FakeElevenLabs(LoopbackServer):
         self.latency = latency or Latency()
         self.faults = faults or Faults()
         self.inactivity_s = inactivity_s
+        self.answer_pings = True
+        """False: a socket's pings go unanswered (a connection lost somewhere on the way)."""
         """A socket without input this long is closed (1008); None: the URL's ``inactivity_timeout``."""
         self.requests: list[RecordedRequest] = []
         self.connections = ConnectionCosts()
@@ -326,7 +328,7 @@ class FakeElevenLabs(LoopbackServer):
             asked = request.query.get("inactivity_timeout", str(DEFAULT_INACTIVITY_S))
             if not asked.isdigit() or not 1 <= int(asked) <= MAX_INACTIVITY_S:
                 return _error(422, f"inactivity_timeout: an integer from 1 to {MAX_INACTIVITY_S}")
-            ws = web.WebSocketResponse(autoping=True)
+            ws = web.WebSocketResponse(autoping=False)  # pings answered below, or not
             await ws.prepare(request)
             contexts = _Contexts(self, request, ws, fmt, recorded)
             try:
@@ -365,6 +367,10 @@ class FakeElevenLabs(LoopbackServer):
                     "input_timeout_exceeded",
                     f"Have not received a new text input within the timeout of {timeout:g} seconds.",
                 )
+            if message.type is WSMsgType.PING:
+                if self.answer_pings:
+                    await ws.pong(message.data)
+                continue
             if message.type is not WSMsgType.TEXT:
                 return "left"
             try:

@@ -75,6 +75,10 @@ PREVIOUS_TEXT_CHARS = 300
 """HTTP: the end of the reply so far goes with each phrase as ``previous_text`` (continuity)."""
 CHUNK_MS = 40
 """HTTP audio is handed on in pieces of this much (the SDK reads the body in fixed-size pieces)."""
+HEARTBEAT_S = 20.0
+"""The call's socket is pinged when nothing came in for this long; no pong within half of it and
+it is dropped, so the next reply opens another: a connection a NAT or the network lost between
+replies is noticed before a reply needs it (and middleboxes see traffic on an idle one)."""
 KEEPALIVE_S = 15.0
 """A reply's idle context (waiting for the LLM, e.g. during a tool call) gets ``text: ""`` this
 often: ElevenLabs closes a context after its inactivity timeout (20 s unless the URL asks more)."""
@@ -231,6 +235,7 @@ class ElevenLabsTts:
                 url,
                 headers={"xi-api-key": self._secret},
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=0.0),
+                heartbeat=HEARTBEAT_S,
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise self._status_error(exc.status, exc.headers, exc.message) from None
