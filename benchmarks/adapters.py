@@ -8,7 +8,7 @@ The target (issue 3): at 100 concurrent calls the adapters add no more than 5 ms
 compared with 1 call.
 
 Three processes, so that only the server's own work is charged to it: the vendor fakes
-(``vendors/serve.py``: Deepgram live, OpenAI chat completions, ElevenLabs stream-input, all on
+(``vendors/serve.py``: Deepgram live, OpenAI chat completions, ElevenLabs multi-stream-input, all on
 127.0.0.1) pinned to ``--vendor-core``; ``ringline serve`` pinned to ``--server-core`` with
 ``config/bench_latency.toml``'s agent whose STT, LLM and TTS are switched to the ``deepgram``,
 ``openai`` and ``elevenlabs`` adapters pointed at the fakes; and the caller simulator pinned to

@@ -1,5 +1,5 @@
-"""ElevenLabs TTS: the real SDK (HTTP) and Ringline's stream-input client (WebSocket) against the
-local fake that speaks ElevenLabs' wire protocol; phrase attribution sans I/O; a whole call
+"""ElevenLabs TTS: the real SDK (HTTP) and Ringline's multi-context socket client (WebSocket)
+against the local fake that speaks ElevenLabs' wire protocol; phrase attribution sans I/O; a whole call
 through the real server with ElevenLabs as the agent's voice."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A local ElevenLabs text-to-speech server: the streaming HTTP endpoint and the stream-input
+"""A local ElevenLabs text-to-speech server: the streaming HTTP endpoint and the multi-context
 WebSocket, speaking the wire protocol the way api.elevenlabs.io does, so the real ``elevenlabs``
 SDK (and Ringline's socket client) runs unchanged against it::
 

@@ -138,7 +138,7 @@ class ElevenLabsTts:
         return clients.get(("elevenlabs", base_url, self._secret, timeout), make)
 
     def socket_session(self, clients: HttpClients) -> aiohttp.ClientSession:
-        """The aiohttp session the stream-input sockets are opened with (the key goes per socket)."""
+        """The aiohttp session the calls' sockets are opened with (the key goes per socket)."""
         timeout = self._timeout_s
 
         def make() -> tuple[aiohttp.ClientSession, Callable[[], Awaitable[None]]]:

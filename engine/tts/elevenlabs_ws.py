@@ -135,7 +135,7 @@ class SocketMessage:
 
 
 class PhraseAligner:
-    """Attributes stream-input audio to phrases.
+    """Attributes a context's audio to phrases.
 
     Every phrase sent is recorded with its count of non-blank characters. Each audio message's
     ``alignment`` lists the characters it voices and when each starts (ms from the start of the
