@@ -220,7 +220,9 @@ async def test_a_reply_cut_off_closes_its_context_and_the_next_hears_none_of_it(
     first = await anext(stream)
     assert first.phrase == 0
     await stream.aclose()  # barge-in
-    assert fake.requests[0].messages[-1] == {"context_id": "reply-1", "close_context": True}
+    closed = {"context_id": "reply-1", "close_context": True}
+    async with asyncio.timeout(5):
+        await fake.wait_for_messages(lambda messages: messages[-1] == closed)
     assert reply_tasks() == []
     # the server still voices what reply-1 flushed, on the same socket, while reply-2 speaks
     fake.latency = Latency(seconds_per_char=SECONDS_PER_CHAR)
@@ -301,7 +303,9 @@ async def test_a_phrase_source_that_fails_fails_the_reply_and_closes_its_context
         async with asyncio.timeout(10):
             async for _ in tts.stream(broken_llm(), MULAW_8K):
                 pass
-    assert fake.requests[0].messages[-1] == {"context_id": "reply-1", "close_context": True}
+    closed = {"context_id": "reply-1", "close_context": True}
+    async with asyncio.timeout(5):
+        await fake.wait_for_messages(lambda messages: messages[-1] == closed)
     assert reply_tasks() == []
     assert by_phrase(await speak(tts, ["Sorry."])) == {0: voiced("Sorry.", MULAW_8K)}  # the socket is fine
     assert len(fake.requests) == 1
