@@ -32,14 +32,13 @@ import uvloop
 from ringline.benchmarks.concurrency import pin
 from ringline.config.providers import DeepgramSttConfig, OpenAiLlmConfig
 from ringline.engine.audio.clock import LoopClock
-from ringline.engine.audio.formats import AudioFormat, Encoding
+from ringline.engine.audio.formats import MULAW_8K
 from ringline.engine.clients import HttpClients
 from ringline.engine.llm.base import Context, Message
 from ringline.engine.llm.openai import OpenAiLlm
 from ringline.engine.stt.deepgram import DeepgramStt, DeepgramSttSession
 
 FRAME_S = 0.02
-MULAW_8K = AudioFormat(Encoding.MULAW, 8000)
 REPLY = "Sure, here is the answer to that."
 
 

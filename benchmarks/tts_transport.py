@@ -1,7 +1,7 @@
 """ElevenLabs transports compared: WebSocket (the call's multi-context socket, a context per reply)
-against HTTP (one streaming request per phrase), both through the real adapter against the local fake with the
-same server-side latency model: time to first audio of each request or generation, synthesis
-speed, and the cost of setting up a connection (TCP + TLS handshakes).
+against HTTP (one streaming request per phrase), both through the real adapter against the local
+fake with the same server-side latency model: time to first audio of each request or generation,
+synthesis speed, and the cost of setting up a connection (TCP + TLS handshakes).
 
     python -m ringline.benchmarks.tts_transport [--ttfa-ms 150] [--connect-ms 100] [--replies 5]
 

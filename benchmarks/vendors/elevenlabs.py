@@ -450,8 +450,8 @@ class _Contexts:
     def add(self, context: str, text: str, *, flush: bool) -> None:
         buffer, batches = self._open[context]
         buffer.append(text)
-        if flush and "".join(buffer).strip():
-            batches.put_nowait("".join(buffer))
+        if flush and (batch := "".join(buffer)).strip():
+            batches.put_nowait(batch)
             buffer.clear()
 
     def close(self, context: str) -> None:

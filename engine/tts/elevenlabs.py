@@ -310,10 +310,7 @@ class _CallSocket:
     async def take(self) -> None:
         """A reply takes it: the idle reader stops (nothing it had not read yet is lost)."""
         self.busy = True
-        if (idle := self._idle) is not None:
-            self._idle = None
-            idle.cancel()
-            await asyncio.gather(idle, return_exceptions=True)
+        await self._stop_idle()
 
     def release(self) -> None:
         """The reply is done with it: the idle reader takes over."""
@@ -324,6 +321,12 @@ class _CallSocket:
     def broke(self) -> None:
         """Something went wrong on the socket itself: the next reply opens another."""
         self._broken = True
+
+    async def _stop_idle(self) -> None:
+        if (idle := self._idle) is not None:
+            self._idle = None
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
 
     async def _read_idle(self) -> None:
         while True:
@@ -338,10 +341,7 @@ class _CallSocket:
                 self.finished(SocketMessage.parse(message.data))
 
     async def aclose(self) -> None:
-        if (idle := self._idle) is not None:
-            self._idle = None
-            idle.cancel()
-            await asyncio.gather(idle, return_exceptions=True)
+        await self._stop_idle()
         if not self.ws.closed:
             await _send(self.ws, CLOSE_SOCKET_MESSAGE)
             await self.ws.close()
