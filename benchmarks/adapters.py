@@ -2,7 +2,7 @@
 adapters (their SDKs, on the server's shared HTTP clients) against the local vendor fakes at
 published latencies, for N concurrent calls.
 
-    python -m ringline.benchmarks.adapters [--calls 1,100] [--turns 3] [--preemptive off]
+    python -m ringline.benchmarks.adapters [--calls 1,100] [--repeat 3] [--turns 3] [--preemptive off]
 
 The target (issue 3): at 100 concurrent calls the adapters add no more than 5 ms to the p95
 compared with 1 call.
@@ -21,12 +21,20 @@ The one-call row plays ``--baseline-turns`` turns (30), the others ``--turns`` (
 p95 of 3 replies would be their maximum, which sits below the p95 of 300 replies from the same
 distribution, so comparing them would charge the sample sizes' difference to the load.
 
-Prints one markdown row per N: caller-measured reply latency median and p95, the p95's change
-from N = 1, the server's per-stage medians (``latency.py``'s columns), answered/expected turns,
-the server's CPU % and the fakes' (if the fakes' core is saturated, the fakes are the bottleneck,
-not the adapters), and from the server's ``/metrics`` over the run: its event loop's lag (p99 and
-the worst bucket, from ``ringline_event_loop_lag_seconds``) and its garbage collections (count and
-longest bucket), which say whether a slow reply waited on the server's loop or elsewhere.
+Every N is run ``--repeat`` times (3) on the same server and fakes, the order alternating (1, 100,
+then 100, 1, ...) so that a drift in the VM's speed falls on both sides. One repeat's p95 delta
+is not enough to judge a 5 ms target: the one-call p95 of 30 replies alone has a 95 % bootstrap
+interval some 13 ms wide on this VM. So after the per-run table comes a pooled one: per N, all
+its replies' median and p95, the p95's change from N = 1 with a 95 % percentile-bootstrap
+interval (both samples resampled), and each repeat's own delta.
+
+Per run it prints a markdown row per N: caller-measured reply latency median and p95, the p95's
+change from that repeat's N = 1, the server's per-stage medians (``latency.py``'s columns),
+answered/expected turns, the server's CPU % and the fakes' (if the fakes' core is saturated, the
+fakes are the bottleneck, not the adapters), and from the server's ``/metrics`` over the run: its
+event loop's lag (p99 and the worst bucket, from ``ringline_event_loop_lag_seconds``) and its
+garbage collections (count and longest bucket), which say whether a slow reply waited on the
+server's loop or elsewhere.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import contextlib
 import json
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 from ringline.benchmarks.concurrency import REPO, pin, started_server, stop_process
@@ -152,10 +162,103 @@ class CpuMeter:
         return 100.0 * (cpu - self._cpu) / max(at - self._at, 1e-9)
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
-    """The rows, and whether every run answered every turn without errors."""
+def reply_latencies(report: dict[str, Any]) -> list[float]:
+    """The caller-measured latency (ms) of every answered reply in a caller report (``keep_calls``)."""
+    return [
+        turn["latency_ms"]
+        for call in report.get("calls_detail", [])
+        for turn in call["turns"]
+        if turn.get("answered") and turn.get("latency_ms") is not None
+    ]
+
+
+def p95(values: list[float]) -> float | None:
+    """The caller's p95 (linear interpolation between closest ranks, as ``load.py``)."""
+    return float(np.percentile(values, 95)) if values else None
+
+
+def p95_delta_interval(base: list[float], loaded: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval of ``p95(loaded) - p95(base)``: both samples resampled
+    with replacement, independently, ``resamples`` times (seeded, so a rerun on the same numbers
+    prints the same interval)."""
+    rng = np.random.default_rng(0)
+    base_arr, loaded_arr = np.asarray(base), np.asarray(loaded)
+    base_p95 = np.percentile(base_arr[rng.integers(0, len(base_arr), (resamples, len(base_arr)))], 95, axis=1)
+    loaded_p95 = np.percentile(loaded_arr[rng.integers(0, len(loaded_arr), (resamples, len(loaded_arr)))], 95, axis=1)
+    low, high = np.percentile(loaded_p95 - base_p95, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def measure_run(
+    n: int, url: str, pid: int, args: argparse.Namespace, vendor_cpu: CpuMeter, vendor_lag: VendorLag
+) -> tuple[dict[str, Any], list[float], bool]:
+    """One caller run of ``n`` calls: its row, its reply latencies, and whether it answered every
+    turn without errors."""
+    base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
+    vendor_cpu.start()
+    vendor_lag.start()
+    before = histograms(base)
+    turns = args.baseline_turns if n == 1 else args.turns
+    measured, report = measure_calls(url, pid, n, argparse.Namespace(**(vars(args) | {"turns": turns})))
+    health = loop_health(before, histograms(base)) | vendor_lag.stop()
+    row = {
+        "calls": n,
+        "answered": measured["answered"],
+        "median": measured["median"],
+        "p95": measured["p95"],
+        "p95 delta vs 1": None,
+        **{stage: measured[stage] for stage in STAGES},
+        "server CPU %": measured["server CPU %"],
+        "vendors CPU %": vendor_cpu.stop(),
+        "caller CPU %": report.get("caller_cpu_pct"),
+        "caller late frames": report.get("late_frames"),
+        **health,
+    }
+    if "error" in report:
+        print(f"error at N = {n}: {report['error']}", file=sys.stderr)
+    complete = "error" not in report and not report.get("failed_calls")
+    complete &= report.get("turns_answered") == report.get("turns_expected")
+    print(json.dumps(row), file=sys.stderr)
+    print(f"stage p95 ms: {json.dumps(report.get('stage_p95_ms'))}", file=sys.stderr)
+    return row, reply_latencies(report), complete
+
+
+def pooled(rows: list[dict[str, Any]], latencies: dict[int, list[float]]) -> list[dict[str, Any]]:
+    """One row per N over all repeats: the pooled replies' median and p95, the p95's change from
+    N = 1 with its bootstrap interval, each repeat's own change, and the mean CPU."""
+    one = latencies.get(1, [])
+    summary = []
+    for n, values in latencies.items():
+        runs = [r for r in rows if r["calls"] == n]
+        run_deltas = [r["p95 delta vs 1"] for r in runs if r["p95 delta vs 1"] is not None]
+        cpu = [r["server CPU %"] for r in runs if r["server CPU %"] is not None]
+        delta = interval = None
+        if one and values and n != 1:
+            delta = p95(values) - p95(one)  # type: ignore[operator]
+            low, high = p95_delta_interval(one, values)
+            interval = f"{low:+.0f} .. {high:+.0f}"
+        summary.append({
+            "calls": n,
+            "runs": len(runs),
+            "replies": len(values),
+            "median": float(np.median(values)) if values else None,
+            "p95": p95(values),
+            "p95 delta vs 1": delta,
+            "delta 95 % interval": interval,
+            "delta per run": " / ".join(f"{d:+.0f}" for d in run_deltas) if n != 1 else None,
+            "server CPU %": statistics.fmean(cpu) if cpu else None,
+        })  # fmt: skip
+    return summary
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """Every run's row, the pooled rows, and whether every run answered every turn without errors.
+
+    Repeats alternate the order of N (1, 100, then 100, 1, ...) so that a drift in the VM's speed
+    falls on both sides; each repeat's delta compares the N = 1 and N rows of that repeat."""
     data = tomllib.loads(args.config.read_text())
     rows: list[dict[str, Any]] = []
+    latencies: dict[int, list[float]] = {n: [] for n in args.counts}
     complete = True
     with (
         started_vendors(vendor_settings(data), args.vendor_core) as (vendors, vendor_pid, vendor_lag),
@@ -166,41 +269,21 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
         args.config = config
         vendor_cpu = CpuMeter(vendor_pid)
         with started_server(args) as (url, pid):
-            for n in args.counts:
-                print(f"--- {n} calls", file=sys.stderr)
-                base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
-                vendor_cpu.start()
-                vendor_lag.start()
-                before = histograms(base)
-                turns = args.baseline_turns if n == 1 else args.turns
-                measured, report = measure_calls(url, pid, n, argparse.Namespace(**(vars(args) | {"turns": turns})))
-                health = loop_health(before, histograms(base)) | vendor_lag.stop()
-                row = {
-                    "calls": n,
-                    "answered": measured["answered"],
-                    "median": measured["median"],
-                    "p95": measured["p95"],
-                    "p95 delta vs 1": None,
-                    **{stage: measured[stage] for stage in STAGES},
-                    "server CPU %": measured["server CPU %"],
-                    "vendors CPU %": vendor_cpu.stop(),
-                    "caller CPU %": report.get("caller_cpu_pct"),
-                    "caller late frames": report.get("late_frames"),
-                    **health,
-                }
-                if "error" in report:
-                    print(f"error at N = {n}: {report['error']}", file=sys.stderr)
-                complete &= "error" not in report and not report.get("failed_calls")
-                complete &= report.get("turns_answered") == report.get("turns_expected")
-                print(json.dumps(row), file=sys.stderr)
-                print(f"stage p95 ms: {json.dumps(report.get('stage_p95_ms'))}", file=sys.stderr)
-                rows.append(row)
-                time.sleep(1.0)  # let the server settle between runs
-    one = next((r["p95"] for r in rows if r["calls"] == 1 and r["p95"] is not None), None)
-    for row in rows:
-        if one is not None and row["p95"] is not None:
-            row["p95 delta vs 1"] = row["p95"] - one
-    return rows, complete
+            for repeat in range(1, args.repeat + 1):
+                repeat_rows = []
+                for n in args.counts if repeat % 2 else reversed(args.counts):
+                    print(f"--- repeat {repeat}/{args.repeat}: {n} calls", file=sys.stderr)
+                    row, values, ok = measure_run(n, url, pid, args, vendor_cpu, vendor_lag)
+                    complete &= ok
+                    latencies[n] += values
+                    repeat_rows.append({"repeat": repeat, **row})
+                    time.sleep(1.0)  # let the server settle between runs
+                one = next((r["p95"] for r in repeat_rows if r["calls"] == 1 and r["p95"] is not None), None)
+                for row in repeat_rows:
+                    if one is not None and row["p95"] is not None:
+                        row["p95 delta vs 1"] = row["p95"] - one
+                rows += sorted(repeat_rows, key=lambda r: r["calls"])
+    return rows, pooled(rows, latencies), complete
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         default=30,
         help="turns of the one-call run (default 30: its p95 is then a p95, not the largest of 3 replies)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of every N, alternating their order (default 3); the summary pools their replies",
+    )
     p.add_argument("--preemptive", choices=("on", "off"), default="off", help="preemptive generation (default off)")
     p.add_argument("--config", type=Path, default=SETTINGS, help="latencies and turn settings (default bench_latency)")
     p.add_argument("--server-core", type=int, default=0)
@@ -222,13 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     args.counts = [int(n) for n in args.calls.split(",") if n.strip()]
     if not args.counts or min(args.counts) < 1 or max(args.counts) > 1000:
         p.error("--calls: want 1..1000 each")
+    if args.repeat < 1:
+        p.error("--repeat: want 1 or more")
     args.url = args.server_pid = None
     args.fake = False
     args.param = []
     args.barge_in_ms = None
     args.protocol = "twilio"
-    rows, complete = run(args)
+    rows, summary, complete = run(args)
     print(markdown(rows))
+    print()
+    print(markdown(summary))
     return 0 if complete else 1
 
 

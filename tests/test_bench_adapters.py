@@ -1,0 +1,56 @@
+"""``benchmarks/adapters.py``'s statistics: the replies it pools over repeats and the bootstrap
+interval it prints for the p95's change from one call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ringline.benchmarks.adapters import p95, p95_delta_interval, pooled, reply_latencies
+
+
+def _report(*latencies: float | None) -> dict:
+    turns = [{"answered": ms is not None, "latency_ms": ms} for ms in latencies]
+    return {"calls_detail": [{"turns": turns[:2]}, {"turns": turns[2:]}]}
+
+
+def test_reply_latencies_takes_every_answered_reply_of_every_call() -> None:
+    assert reply_latencies(_report(1150.0, None, 1148.0, 1160.0)) == [1150.0, 1148.0, 1160.0]
+    assert reply_latencies({}) == []
+
+
+def test_the_interval_brackets_no_change_between_samples_of_one_distribution() -> None:
+    rng = np.random.default_rng(1)
+    base = list(1146 + rng.gamma(2.0, 2.0, 90))
+    loaded = list(1146 + rng.gamma(2.0, 2.0, 1500))
+    low, high = p95_delta_interval(base, loaded)
+    assert low < 0 < high
+    assert low <= p95(loaded) - p95(base) <= high
+
+
+def test_the_interval_excludes_zero_when_the_load_shifts_the_tail() -> None:
+    rng = np.random.default_rng(2)
+    base = list(1146 + rng.gamma(2.0, 2.0, 90))
+    loaded = list(1166 + rng.gamma(2.0, 2.0, 1500))
+    low, high = p95_delta_interval(base, loaded)
+    assert 10 < low < high < 30
+
+
+def test_pooled_rows_compare_all_replies_and_list_each_repeats_delta() -> None:
+    rows = [
+        {"calls": 1, "p95": 1150.0, "p95 delta vs 1": 0.0, "server CPU %": 2.0},
+        {"calls": 100, "p95": 1153.0, "p95 delta vs 1": 3.0, "server CPU %": 50.0},
+        {"calls": 1, "p95": 1149.0, "p95 delta vs 1": 0.0, "server CPU %": 4.0},
+        {"calls": 100, "p95": 1157.0, "p95 delta vs 1": 8.0, "server CPU %": 54.0},
+    ]
+    one = [1140.0 + i / 10 for i in range(100)]
+    many = [1145.0 + i / 100 for i in range(1000)]
+    by_calls = {row["calls"]: row for row in pooled(rows, {1: one, 100: many})}
+    assert by_calls[1]["replies"] == 100
+    assert by_calls[1]["p95 delta vs 1"] is None and by_calls[1]["delta per run"] is None
+    loaded = by_calls[100]
+    assert (loaded["runs"], loaded["replies"]) == (2, 1000)
+    assert loaded["p95 delta vs 1"] == p95(many) - p95(one)
+    assert loaded["delta per run"] == "+3 / +8"
+    assert loaded["server CPU %"] == 52.0
+    low, high = (float(x) for x in loaded["delta 95 % interval"].split(" .. "))
+    assert low <= loaded["p95 delta vs 1"] <= high
