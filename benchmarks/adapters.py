@@ -223,15 +223,35 @@ def measure_run(
     return row, reply_latencies(report), complete
 
 
-def pooled(rows: list[dict[str, Any]], latencies: dict[int, list[float]]) -> list[dict[str, Any]]:
-    """One row per N over all repeats: the pooled replies' median and p95, the p95's change from
-    N = 1 with its bootstrap interval, each repeat's own change, and the mean CPU."""
-    one = latencies.get(1, [])
+def steady(row: dict[str, Any]) -> bool:
+    """Whether the caller kept its own clock through the run. A run in which it sent frames 20 ms
+    or more late measured a stall of the VM (the caller's reading of the replies stalled too), not
+    what the server adds: its replies are left out of the pooled rows (its own row still shows)."""
+    return not row.get("caller late frames")
+
+
+def pooled(runs: list[tuple[dict[str, Any], list[float]]]) -> list[dict[str, Any]]:
+    """One row per N over the repeats, from each run's row and its replies' latencies: the steady
+    runs' replies pooled (median, p95, the p95's change from N = 1 with its bootstrap interval),
+    each repeat's own change (a stalled run's marked ``*``), the runs left out and why, and the
+    mean server CPU."""
+    by_calls: dict[int, list[tuple[dict[str, Any], list[float]]]] = {}
+    for row, values in runs:
+        by_calls.setdefault(row["calls"], []).append((row, values))
+    one = [v for row, values in by_calls.get(1, []) if steady(row) for v in values]
     summary = []
-    for n, values in latencies.items():
-        runs = [r for r in rows if r["calls"] == n]
-        run_deltas = [r["p95 delta vs 1"] for r in runs if r["p95 delta vs 1"] is not None]
-        cpu = [r["server CPU %"] for r in runs if r["server CPU %"] is not None]
+    for n, group in by_calls.items():
+        kept = [values for row, values in group if steady(row)]
+        values = [v for vs in kept for v in vs]
+        deltas = [
+            f"{r['p95 delta vs 1']:+.0f}" + ("" if steady(r) else "*")
+            for r, _ in group
+            if n != 1 and r["p95 delta vs 1"] is not None
+        ]
+        left_out = [
+            f"repeat {r['repeat']}: {r['caller late frames']} late caller frames" for r, _ in group if not steady(r)
+        ]
+        cpu = [r["server CPU %"] for r, _ in group if r["server CPU %"] is not None]
         delta = interval = None
         if one and values and n != 1:
             delta = p95(values) - p95(one)  # type: ignore[operator]
@@ -239,13 +259,14 @@ def pooled(rows: list[dict[str, Any]], latencies: dict[int, list[float]]) -> lis
             interval = f"{low:+.0f} .. {high:+.0f}"
         summary.append({
             "calls": n,
-            "runs": len(runs),
+            "runs pooled": f"{len(kept)} of {len(group)}",
             "replies": len(values),
             "median": float(np.median(values)) if values else None,
             "p95": p95(values),
             "p95 delta vs 1": delta,
             "delta 95 % interval": interval,
-            "delta per run": " / ".join(f"{d:+.0f}" for d in run_deltas) if n != 1 else None,
+            "delta per run": " / ".join(deltas) or None,
+            "left out": "; ".join(left_out) or None,
             "server CPU %": statistics.fmean(cpu) if cpu else None,
         })  # fmt: skip
     return summary
@@ -258,7 +279,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, 
     falls on both sides; each repeat's delta compares the N = 1 and N rows of that repeat."""
     data = tomllib.loads(args.config.read_text())
     rows: list[dict[str, Any]] = []
-    latencies: dict[int, list[float]] = {n: [] for n in args.counts}
+    runs: list[tuple[dict[str, Any], list[float]]] = []
     complete = True
     with (
         started_vendors(vendor_settings(data), args.vendor_core) as (vendors, vendor_pid, vendor_lag),
@@ -275,15 +296,15 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, 
                     print(f"--- repeat {repeat}/{args.repeat}: {n} calls", file=sys.stderr)
                     row, values, ok = measure_run(n, url, pid, args, vendor_cpu, vendor_lag)
                     complete &= ok
-                    latencies[n] += values
-                    repeat_rows.append({"repeat": repeat, **row})
+                    repeat_rows.append(row := {"repeat": repeat, **row})
+                    runs.append((row, values))
                     time.sleep(1.0)  # let the server settle between runs
                 one = next((r["p95"] for r in repeat_rows if r["calls"] == 1 and r["p95"] is not None), None)
                 for row in repeat_rows:
                     if one is not None and row["p95"] is not None:
                         row["p95 delta vs 1"] = row["p95"] - one
                 rows += sorted(repeat_rows, key=lambda r: r["calls"])
-    return rows, pooled(rows, latencies), complete
+    return rows, pooled(runs), complete
 
 
 def main(argv: list[str] | None = None) -> int:

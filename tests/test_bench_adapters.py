@@ -35,22 +35,44 @@ def test_the_interval_excludes_zero_when_the_load_shifts_the_tail() -> None:
     assert 10 < low < high < 30
 
 
+def _row(repeat: int, calls: int, delta: float, cpu: float, late: int = 0) -> dict:
+    return {"repeat": repeat, "calls": calls, "p95 delta vs 1": delta, "server CPU %": cpu, "caller late frames": late}
+
+
 def test_pooled_rows_compare_all_replies_and_list_each_repeats_delta() -> None:
-    rows = [
-        {"calls": 1, "p95": 1150.0, "p95 delta vs 1": 0.0, "server CPU %": 2.0},
-        {"calls": 100, "p95": 1153.0, "p95 delta vs 1": 3.0, "server CPU %": 50.0},
-        {"calls": 1, "p95": 1149.0, "p95 delta vs 1": 0.0, "server CPU %": 4.0},
-        {"calls": 100, "p95": 1157.0, "p95 delta vs 1": 8.0, "server CPU %": 54.0},
-    ]
     one = [1140.0 + i / 10 for i in range(100)]
     many = [1145.0 + i / 100 for i in range(1000)]
-    by_calls = {row["calls"]: row for row in pooled(rows, {1: one, 100: many})}
+    runs = [
+        (_row(1, 1, 0.0, 2.0), one[:50]),
+        (_row(1, 100, 3.0, 50.0), many[:500]),
+        (_row(2, 1, 0.0, 4.0), one[50:]),
+        (_row(2, 100, 8.0, 54.0), many[500:]),
+    ]
+    by_calls = {row["calls"]: row for row in pooled(runs)}
     assert by_calls[1]["replies"] == 100
     assert by_calls[1]["p95 delta vs 1"] is None and by_calls[1]["delta per run"] is None
     loaded = by_calls[100]
-    assert (loaded["runs"], loaded["replies"]) == (2, 1000)
+    assert (loaded["runs pooled"], loaded["replies"]) == ("2 of 2", 1000)
     assert loaded["p95 delta vs 1"] == p95(many) - p95(one)
     assert loaded["delta per run"] == "+3 / +8"
+    assert loaded["left out"] is None
     assert loaded["server CPU %"] == 52.0
     low, high = (float(x) for x in loaded["delta 95 % interval"].split(" .. "))
     assert low <= loaded["p95 delta vs 1"] <= high
+
+
+def test_a_run_in_which_the_caller_lost_its_clock_is_shown_but_not_pooled() -> None:
+    one = [1146.0 + i / 10 for i in range(60)]
+    calm = [1146.0 + i / 100 for i in range(600)]
+    stalled = [1180.0 + i / 10 for i in range(300)]  # the VM stalled: caller and server alike
+    runs = [
+        (_row(1, 1, 0.0, 2.0), one),
+        (_row(1, 100, 4.0, 50.0), calm),
+        (_row(2, 100, 40.0, 60.0, late=65), stalled),
+    ]
+    loaded = next(row for row in pooled(runs) if row["calls"] == 100)
+    assert (loaded["runs pooled"], loaded["replies"]) == ("1 of 2", 600)
+    assert loaded["p95"] == p95(calm)
+    assert loaded["delta per run"] == "+4 / +40*"
+    assert loaded["left out"] == "repeat 2: 65 late caller frames"
+    assert loaded["server CPU %"] == 55.0  # every run's CPU still counts
