@@ -23,7 +23,7 @@ from typing import Protocol
 from ringline.engine.audio.formats import AudioFormat
 from ringline.engine.errors import ProviderError
 from ringline.engine.llm.base import Context, Llm, LlmEvent, Tool
-from ringline.engine.tts.base import SpeechAudio, Tts
+from ringline.engine.tts.base import PhraseReplay, SpeechAudio, Tts
 
 log = logging.getLogger(__name__)
 
@@ -95,56 +95,26 @@ class FailoverTts:
         self._faults = faults
 
     async def stream(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
-        source = aiter(phrases)
-        received: list[str] = []
-        pulling: asyncio.Task[str] | None = None
-
-        async def pull() -> str:
-            """The next phrase from the source. The pull survives a provider that is cancelled
-            while waiting for it (a failing WebSocket client), so no phrase is lost."""
-            nonlocal pulling
-            if pulling is None:
-                pulling = asyncio.ensure_future(anext(source))
-            try:
-                return await asyncio.shield(pulling)
-            finally:
-                if pulling.done():
-                    pulling = None
-
+        replay = PhraseReplay(phrases)
         resume_at = 0  # first phrase the next provider must speak
         try:
             for number, tts in enumerate(self._providers):
                 start = resume_at
-                voiced = consumed = start - 1  # last phrase that produced audio / that the provider took
-
-                async def feed(start: int = start) -> AsyncIterator[str]:
-                    nonlocal consumed
-                    index = start
-                    while True:
-                        if index >= len(received):
-                            try:
-                                received.append(await pull())
-                            except StopAsyncIteration:
-                                return
-                        consumed = index
-                        yield received[index]
-                        index += 1
-
+                voiced = start - 1  # last phrase that produced audio
                 try:
-                    async for audio in tts.stream(feed(), preferred):
+                    async for audio in tts.stream(replay.read(start), preferred):
                         voiced = start + audio.phrase
                         yield SpeechAudio(voiced, audio.chunk)
                     return
                 except ProviderError as exc:
                     # A provider that already took a later phrase is done with the voiced one;
                     # otherwise the voiced phrase was cut and is spoken again from its start.
-                    resume_at = voiced + 1 if consumed > voiced else max(voiced, start)
+                    resume_at = voiced + 1 if replay.taken > voiced else max(voiced, start)
                     self._faults.fault("tts", f"tts {number}: {exc}")
                     log.warning("tts %d failed; phrase %d onward goes to the next provider", number, resume_at)
             raise TtsUnavailable("every speech provider failed", retryable=True)
         finally:
-            if pulling is not None and not pulling.done():
-                pulling.cancel()
+            replay.close()
 
 
 async def _close(events: AsyncIterator[LlmEvent]) -> None:

@@ -15,7 +15,7 @@ from ringline.engine.llm.base import Context, Message, TextDelta
 from ringline.engine.llm.fake import FakeLlm
 from ringline.engine.providers import build_providers
 from ringline.engine.record import EndReason
-from ringline.engine.tts.base import SpeechAudio
+from ringline.engine.tts.base import PhraseReplay, SpeechAudio
 from ringline.engine.tts.fake import FakeTts
 from ringline.engine.turns import TurnState
 from tests.helpers import CallDriver
@@ -174,6 +174,25 @@ async def test_every_tts_failing_raises_unavailable():
     with pytest.raises(TtsUnavailable):
         [a async for a in FailoverTts(tts, faults).stream(phrases("hello"), MULAW_8K)]
     assert len(faults.seen) == 2
+
+
+async def test_a_phrase_reader_cancelled_as_its_phrase_comes_in_leaves_it_for_the_next():
+    started, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    async def llm() -> AsyncIterator[str]:
+        started.set()
+        await ready
+        yield "one"
+        yield "two"
+
+    replay = PhraseReplay(llm())
+    reader = asyncio.ensure_future(anext(replay.read(0)))  # a provider's sender, waiting for a phrase
+    await started.wait()
+    ready.set_result(None)  # the phrase comes in...
+    reader.cancel()  # ...as the provider fails, before its sender saw it
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert [p async for p in replay.read(0)] == ["one", "two"]  # the next provider gets every phrase
 
 
 # -- whole calls ---------------------------------------------------------------------------------

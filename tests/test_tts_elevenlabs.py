@@ -269,6 +269,48 @@ async def test_a_socket_that_stops_answering_pings_between_replies_is_replaced(f
     assert len(fake.requests) == 2
 
 
+async def test_a_kept_socket_lost_as_a_reply_begins_gives_way_to_a_new_one(fake):
+    tts = make_tts(fake)
+    await speak(tts, ["Hello there."])
+    fake.faults = Faults(drop_at_context=2)  # the connection dies the moment the next reply opens its context
+    audio = await speak(tts, THREE)
+    assert by_phrase(audio) == {i: voiced(text, MULAW_8K) for i, text in enumerate(THREE)}  # nothing lost
+    assert len(fake.requests) == 2
+    spoken = [m["text"].strip() for m in fake.requests[1].messages if m.get("text", " ").strip()]
+    assert spoken == THREE  # the new socket heard every phrase, once
+
+
+async def test_a_new_socket_lost_as_the_reply_begins_fails_the_reply(fake):
+    fake.faults = Faults(drop_at_context=1)  # nothing to fall back on: the provider itself is failing
+    error = await failure(make_tts(fake))
+    assert error.retryable
+    assert len(fake.requests) == 1
+
+
+async def test_a_kept_socket_lost_after_the_reply_was_heard_is_not_started_over(fake):
+    tts = make_tts(fake)
+    await speak(tts, ["Hello there."])
+    # the reply's first piece of audio reached the caller, then the connection died
+    fake.faults = Faults(cut_after=fake.requests[0].pieces_sent + 1)
+    error = await failure(tts, THREE)
+    assert error.retryable
+    assert len(fake.requests) == 1  # the rest is the failover's to speak, from the phrase that was cut
+
+
+async def test_a_stall_after_a_late_first_phrase_is_noticed_stall_s_after_it(fake, monkeypatch):
+    monkeypatch.setattr(elevenlabs, "KEEPALIVE_S", 60.0)  # the watchdog first sleeps toward this
+    fake.faults = Faults(hang_after=0)
+
+    async def slow_llm() -> AsyncIterator[str]:  # the first phrase comes after the watchdog started
+        await fake.wait_for_messages(lambda messages: len(messages) == 1)
+        yield "Here it is."
+
+    with pytest.raises(ProviderError, match="no audio for 0.3 s"):
+        async with asyncio.timeout(5):  # not KEEPALIVE_S later
+            async for _ in make_tts(fake, timeout_s=0.3).stream(slow_llm(), MULAW_8K):
+                pass
+
+
 async def test_two_replies_at_once_on_one_call_each_get_a_socket(fake):
     tts = make_tts(fake)
     await speak(tts, ["Hello."])  # the call's socket exists

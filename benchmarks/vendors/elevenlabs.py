@@ -105,6 +105,9 @@ class Faults:
     hang_after: int | None = None
     """Stop answering after this many audio pieces (0: send nothing at all); the connection stays
     open until the client leaves or the server closes."""
+    drop_at_context: int | None = None
+    """Abort a socket's TCP connection when the client opens its context number N on it (1: the
+    first), before answering: a connection lost just as a reply begins."""
 
 
 def tone(seconds: float, fmt: AudioFormat, hz: float = 440.0) -> bytes:
@@ -406,7 +409,10 @@ class FakeElevenLabs(LoopbackServer):
                         f"Maximum simultaneous contexts per WebSocket connection exceeded ({MAX_CONTEXTS}). "
                         "Please close an existing context before opening a new one.",
                     )
-                contexts.open(context)
+                if contexts.open(context) == self.faults.drop_at_context:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return "left"
             elif text:  # "" keeps the context alive
                 contexts.add(context, text, flush=bool(data.get("flush") or data.get("try_trigger_generation")))
 
@@ -432,6 +438,7 @@ class _Contexts:
         self._recorded = recorded
         self._open: dict[str, tuple[list[str], asyncio.Queue[str | None]]] = {}  # context -> buffer, batches
         self._voicers: set[asyncio.Task[None]] = set()
+        self.opened = 0
 
     @property
     def active(self) -> int:
@@ -440,12 +447,15 @@ class _Contexts:
     def is_open(self, context: str) -> bool:
         return context in self._open
 
-    def open(self, context: str) -> None:
+    def open(self, context: str) -> int:
+        """Open ``context``; returns how many contexts the socket has opened so far."""
+        self.opened += 1
         batches: asyncio.Queue[str | None] = asyncio.Queue()
         self._open[context] = ([], batches)
         task = asyncio.create_task(self._voice(context, batches))
         self._voicers.add(task)
         task.add_done_callback(self._voicers.discard)
+        return self.opened
 
     def add(self, context: str, text: str, *, flush: bool) -> None:
         buffer, batches = self._open[context]

@@ -53,7 +53,7 @@ from ringline.engine.audio.clock import Clock, LoopClock
 from ringline.engine.audio.formats import AudioChunk, AudioFormat
 from ringline.engine.clients import POOL_KEEPALIVE, POOL_KEEPALIVE_EXPIRY_S, HttpClients, borrow
 from ringline.engine.errors import ProviderError, parse_retry_after
-from ringline.engine.tts.base import SpeechAudio
+from ringline.engine.tts.base import PhraseReplay, SpeechAudio
 from ringline.engine.tts.elevenlabs_ws import (
     CLOSE_SOCKET_MESSAGE,
     FINAL_CLOSE_CODES,
@@ -190,19 +190,36 @@ class ElevenLabsTts:
     # -- websocket: the call's multi-context socket, a context per reply ------------------------------
 
     async def _stream_socket(self, phrases: AsyncIterator[str], preferred: AudioFormat) -> AsyncIterator[SpeechAudio]:
+        """The reply as a context on the call's socket. A socket kept from an earlier reply may
+        have been lost since (the idle reader and the heartbeat notice most such losses, not one
+        in the moment the reply begins): when it fails before any audio, the reply starts over,
+        once, on a new socket, its phrases read again."""
         output_format, fmt = output_format_for(preferred)
-        socket, own = await self._take_socket(output_format)
-        context = socket.new_context()
-        log.debug("elevenlabs websocket reply: context %s, output_format %s", context, output_format)
-        reply = _SocketReply(socket, context, PhraseAligner(fmt), self._clock, self._timeout_s, self._redact)
+        replay = PhraseReplay(phrases)
         try:
-            async with contextlib.aclosing(reply.run(phrases, open_message(context, self._voice))) as audio:
-                async for item in audio:
-                    yield item
+            for attempt in (1, 2):
+                socket, own = await self._take_socket(output_format)
+                context = socket.new_context()
+                log.debug("elevenlabs websocket reply: context %s, output_format %s", context, output_format)
+                reply = _SocketReply(socket, context, PhraseAligner(fmt), self._clock, self._timeout_s, self._redact)
+                opening = open_message(context, self._voice)
+                heard = False
+                try:
+                    async with contextlib.aclosing(reply.run(replay.read(0), opening)) as audio:
+                        async for item in audio:
+                            heard = True
+                            yield item
+                    return
+                except ProviderError as exc:
+                    if heard or attempt > 1 or socket.usable or socket.replies < 2 or not exc.retryable:
+                        raise
+                    log.info("elevenlabs: the call's socket was lost as a reply began (%s); on a new one", exc)
+                finally:
+                    socket.release()
+                    if own:
+                        await socket.aclose()
         finally:
-            socket.release()
-            if own:
-                await socket.aclose()
+            replay.close()
 
     async def _take_socket(self, output_format: str) -> tuple[_CallSocket, bool]:
         """A socket for one reply, and whether it is the reply's own: the call's, opened on first
@@ -286,6 +303,8 @@ class _CallSocket:
         self._broken = False
         self.busy = False
         """A reply holds it."""
+        self.replies = 0
+        """Replies that took it so far (the current one included)."""
 
     @property
     def usable(self) -> bool:
@@ -310,6 +329,7 @@ class _CallSocket:
     async def take(self) -> None:
         """A reply takes it: the idle reader stops (nothing it had not read yet is lost)."""
         self.busy = True
+        self.replies += 1
         await self._stop_idle()
 
     def release(self) -> None:
@@ -460,7 +480,9 @@ class _SocketReply:
     async def _watch(self) -> None:
         clock = self._clock
         while True:
-            await clock.sleep_until(self._limit())
+            # Never longer than ``stall_s``: a limit that moved closer meanwhile (a phrase went out
+            # while nothing was owed) is ``stall_s`` after that, so no later than this wake.
+            await clock.sleep_until(min(self._limit(), clock.now() + self._stall_s))
             if clock.now() < self._limit():
                 continue  # something moved meanwhile
             if self._ended or self._aligner.owed:
