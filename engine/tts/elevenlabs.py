@@ -13,8 +13,10 @@ Two transports (``ElevenLabsTtsConfig.transport``):
   (aiohttp). A context is one generation: the voice carries on from phrase to phrase. Audio is
   attributed to phrases by its ``alignment`` (``PhraseAligner``). Between replies an idle reader
   drops what is still coming for a reply the caller cut off, and notices the server closing the
-  socket (``inactivity_timeout``, a restart): the next reply then opens a new one. ``aclose()``
-  (the call ended) closes it. The socket's URL, messages and aligner, without I/O, are in
+  socket (``inactivity_timeout``, a restart): the next reply then opens a new one. A kept socket
+  lost in the moment a reply begins (before any of its audio) gives way to a new one: the reply
+  starts over there, once, its phrases read again (``PhraseReplay``). ``aclose()`` (the call
+  ended) closes it. The socket's URL, messages and aligner, without I/O, are in
   ``elevenlabs_ws``.
 
 Audio comes in the call's own format where ElevenLabs has it (``output_format_for``): mu-law and
