@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -299,14 +298,13 @@ class _CallSocket:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, output_format: str) -> None:
         self.ws = ws
         self.output_format = output_format
-        self._contexts = itertools.count(1)
         self._unfinished: set[str] = set()  # contexts opened that the server has not said isFinal for
         self._idle: asyncio.Task[None] | None = None
         self._broken = False
         self.busy = False
         """A reply holds it."""
         self.replies = 0
-        """Replies that took it so far (the current one included)."""
+        """Replies that took it so far, a context each (the current one included)."""
 
     @property
     def usable(self) -> bool:
@@ -319,7 +317,8 @@ class _CallSocket:
         return len(self._unfinished) >= MAX_CONTEXTS
 
     def new_context(self) -> str:
-        context = f"reply-{next(self._contexts)}"
+        self.replies += 1
+        context = f"reply-{self.replies}"
         self._unfinished.add(context)
         return context
 
@@ -331,7 +330,6 @@ class _CallSocket:
     async def take(self) -> None:
         """A reply takes it: the idle reader stops (nothing it had not read yet is lost)."""
         self.busy = True
-        self.replies += 1
         await self._stop_idle()
 
     def release(self) -> None:
