@@ -26,7 +26,12 @@ then 100, 1, ...) so that a drift in the VM's speed falls on both sides. One rep
 is not enough to judge a 5 ms target: the one-call p95 of 30 replies alone has a 95 % bootstrap
 interval some 13 ms wide on this VM. So after the per-run table comes a pooled one: per N, all
 its replies' median and p95, the p95's change from N = 1 with a 95 % percentile-bootstrap
-interval (both samples resampled), and each repeat's own delta.
+interval (both samples resampled), and each repeat's own delta. Last, where the p95 moved: the same
+comparison for each of the reply's stages on the server (its call records' marks: STT final after
+the caller stopped, the end-of-turn wait, LLM first token, TTS first audio, first frame sent), for
+the three adapter stages summed per reply (what the adapters and the loop they run on take), and
+for the whole reply on the server (first frame sent after the caller stopped). With
+``--preemptive on`` the LLM may answer before the turn ends, so its stage is not a hop of the reply.
 
 Per run it prints a markdown row per N: caller-measured reply latency median and p95, the p95's
 change from that repeat's N = 1, the server's per-stage medians (``latency.py``'s columns),
@@ -172,6 +177,35 @@ def reply_latencies(report: dict[str, Any]) -> list[float]:
     ]
 
 
+HOPS = ("STT final", "end of turn", "LLM first token", "TTS first audio", "audio sent")
+"""A reply's stages on the server, in the order of ``STAGES``' marks (each from the one before; the
+first from when the caller stopped)."""
+ADAPTER_HOPS = ("STT final", "LLM first token", "TTS first audio")
+REPLY = "reply (caller)"
+"""The samples key of the caller-measured reply latencies."""
+
+
+def stage_times(turn: dict[str, Any]) -> dict[str, float] | None:
+    """One answered turn's stages (ms) from its call record's marks (ms after the caller stopped),
+    with the adapter stages' sum (``adapters``) and the whole reply on the server (``server``);
+    None if a mark is missing."""
+    marks = [turn.get(stage) for stage in STAGES]
+    if any(mark is None for mark in marks):
+        return None
+    hops = dict(zip(HOPS, (float(d) for d in np.diff([0.0, *marks])), strict=True))
+    return {"server": float(marks[-1]), "adapters": sum(hops[h] for h in ADAPTER_HOPS), **hops}
+
+
+def run_samples(report: dict[str, Any]) -> dict[str, list[float]]:
+    """A run's samples: the caller-measured reply latencies (``REPLY``) and, per stage of
+    ``stage_times``, its value for every answered turn of the server's records."""
+    samples: dict[str, list[float]] = {REPLY: reply_latencies(report)}
+    for turn in report.get("server_turns", []):
+        for stage, ms in (stage_times(turn) or {}).items():
+            samples.setdefault(stage, []).append(ms)
+    return samples
+
+
 def p95(values: list[float]) -> float | None:
     """The caller's p95 (linear interpolation between closest ranks, as ``load.py``)."""
     return float(np.percentile(values, 95)) if values else None
@@ -191,9 +225,9 @@ def p95_delta_interval(base: list[float], loaded: list[float], resamples: int = 
 
 def measure_run(
     n: int, url: str, pid: int, args: argparse.Namespace, vendor_cpu: CpuMeter, vendor_lag: VendorLag
-) -> tuple[dict[str, Any], list[float], bool]:
-    """One caller run of ``n`` calls: its row, its reply latencies, and whether it answered every
-    turn without errors."""
+) -> tuple[dict[str, Any], dict[str, list[float]], bool]:
+    """One caller run of ``n`` calls: its row, its samples (``run_samples``), and whether it
+    answered every turn without errors."""
     base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
     vendor_cpu.start()
     vendor_lag.start()
@@ -220,7 +254,7 @@ def measure_run(
     complete &= report.get("turns_answered") == report.get("turns_expected")
     print(json.dumps(row), file=sys.stderr)
     print(f"stage p95 ms: {json.dumps(report.get('stage_p95_ms'))}", file=sys.stderr)
-    return row, reply_latencies(report), complete
+    return row, run_samples(report), complete
 
 
 def steady(row: dict[str, Any]) -> bool:
@@ -230,19 +264,39 @@ def steady(row: dict[str, Any]) -> bool:
     return not row.get("caller late frames")
 
 
-def pooled(runs: list[tuple[dict[str, Any], list[float]]]) -> list[dict[str, Any]]:
-    """One row per N over the repeats, from each run's row and its replies' latencies: the steady
-    runs' replies pooled (median, p95, the p95's change from N = 1 with its bootstrap interval),
-    each repeat's own change (a stalled run's marked ``*``), the runs left out and why, and the
-    mean server CPU."""
-    by_calls: dict[int, list[tuple[dict[str, Any], list[float]]]] = {}
-    for row, values in runs:
-        by_calls.setdefault(row["calls"], []).append((row, values))
-    one = [v for row, values in by_calls.get(1, []) if steady(row) for v in values]
+Run = tuple[dict[str, Any], dict[str, list[float]]]
+"""A run's row and its samples (``run_samples``)."""
+
+
+def _by_calls(runs: list[Run]) -> dict[int, list[Run]]:
+    by_calls: dict[int, list[Run]] = {}
+    for row, samples in runs:
+        by_calls.setdefault(row["calls"], []).append((row, samples))
+    return by_calls
+
+
+def _pool(group: list[Run], key: str) -> list[float]:
+    """The steady runs' samples of ``key``, pooled."""
+    return [v for row, samples in group if steady(row) for v in samples.get(key, [])]
+
+
+def _delta(base: list[float], values: list[float]) -> tuple[float | None, str | None]:
+    """The p95's change from ``base`` and its 95 % interval (as text), or None without samples."""
+    if not base or not values:
+        return None, None
+    low, high = p95_delta_interval(base, values)
+    return p95(values) - p95(base), f"{low:+.0f} .. {high:+.0f}"  # type: ignore[operator]
+
+
+def pooled(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per N over the repeats: the steady runs' reply latencies pooled (median, p95, the
+    p95's change from N = 1 with its bootstrap interval), each repeat's own change (a stalled
+    run's marked ``*``), the runs left out and why, and the mean server CPU."""
+    by_calls = _by_calls(runs)
+    one = _pool(by_calls.get(1, []), REPLY)
     summary = []
     for n, group in by_calls.items():
-        kept = [values for row, values in group if steady(row)]
-        values = [v for vs in kept for v in vs]
+        values = _pool(group, REPLY)
         deltas = [
             f"{r['p95 delta vs 1']:+.0f}" + ("" if steady(r) else "*")
             for r, _ in group
@@ -252,14 +306,10 @@ def pooled(runs: list[tuple[dict[str, Any], list[float]]]) -> list[dict[str, Any
             f"repeat {r['repeat']}: {r['caller late frames']} late caller frames" for r, _ in group if not steady(r)
         ]
         cpu = [r["server CPU %"] for r, _ in group if r["server CPU %"] is not None]
-        delta = interval = None
-        if one and values and n != 1:
-            delta = p95(values) - p95(one)  # type: ignore[operator]
-            low, high = p95_delta_interval(one, values)
-            interval = f"{low:+.0f} .. {high:+.0f}"
+        delta, interval = _delta(one, values) if n != 1 else (None, None)
         summary.append({
             "calls": n,
-            "runs pooled": f"{len(kept)} of {len(group)}",
+            "runs pooled": f"{sum(steady(r) for r, _ in group)} of {len(group)}",
             "replies": len(values),
             "median": float(np.median(values)) if values else None,
             "p95": p95(values),
@@ -272,14 +322,39 @@ def pooled(runs: list[tuple[dict[str, Any], list[float]]]) -> list[dict[str, Any
     return summary
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-    """Every run's row, the pooled rows, and whether every run answered every turn without errors.
+def pooled_stages(runs: list[Run]) -> list[dict[str, Any]]:
+    """Where the p95 moved: per N other than 1, a row per sample kind (the caller's reply, the
+    reply on the server, the adapter stages' sum, each stage) with its pooled p95 at 1 and at N,
+    the change and its bootstrap interval (steady runs only, as ``pooled``)."""
+    by_calls = _by_calls(runs)
+    base = by_calls.get(1, [])
+    rows = []
+    for n, group in by_calls.items():
+        if n == 1:
+            continue
+        for key in (REPLY, "server", "adapters", *HOPS):
+            one, values = _pool(base, key), _pool(group, key)
+            delta, interval = _delta(one, values)
+            rows.append({
+                "calls": n,
+                "p95 of": key,
+                "at 1": p95(one),
+                "at N": p95(values),
+                "delta": delta,
+                "delta 95 % interval": interval,
+            })  # fmt: skip
+    return rows
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[Run], bool]:
+    """Every run's row, every run with its samples, and whether every run answered every turn
+    without errors.
 
     Repeats alternate the order of N (1, 100, then 100, 1, ...) so that a drift in the VM's speed
     falls on both sides; each repeat's delta compares the N = 1 and N rows of that repeat."""
     data = tomllib.loads(args.config.read_text())
     rows: list[dict[str, Any]] = []
-    runs: list[tuple[dict[str, Any], list[float]]] = []
+    runs: list[Run] = []
     complete = True
     with (
         started_vendors(vendor_settings(data), args.vendor_core) as (vendors, vendor_pid, vendor_lag),
@@ -294,17 +369,17 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, 
                 repeat_rows = []
                 for n in args.counts if repeat % 2 else reversed(args.counts):
                     print(f"--- repeat {repeat}/{args.repeat}: {n} calls", file=sys.stderr)
-                    row, values, ok = measure_run(n, url, pid, args, vendor_cpu, vendor_lag)
+                    row, samples, ok = measure_run(n, url, pid, args, vendor_cpu, vendor_lag)
                     complete &= ok
                     repeat_rows.append(row := {"repeat": repeat, **row})
-                    runs.append((row, values))
+                    runs.append((row, samples))
                     time.sleep(1.0)  # let the server settle between runs
                 one = next((r["p95"] for r in repeat_rows if r["calls"] == 1 and r["p95"] is not None), None)
                 for row in repeat_rows:
                     if one is not None and row["p95"] is not None:
                         row["p95 delta vs 1"] = row["p95"] - one
                 rows += sorted(repeat_rows, key=lambda r: r["calls"])
-    return rows, pooled(runs), complete
+    return rows, runs, complete
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,10 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     args.param = []
     args.barge_in_ms = None
     args.protocol = "twilio"
-    rows, summary, complete = run(args)
+    rows, runs, complete = run(args)
     print(markdown(rows))
     print()
-    print(markdown(summary))
+    print(markdown(pooled(runs)))
+    if len(args.counts) > 1 and 1 in args.counts:
+        print()
+        print(markdown(pooled_stages(runs)))
     return 0 if complete else 1
 
 

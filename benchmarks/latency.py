@@ -71,7 +71,7 @@ def _p95(values: list[float]) -> float | None:
 def measure_calls(url: str, pid: int, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """One caller run of ``n`` calls against the server at ``url``: a row of the caller's latency
     and the median of each stage from the server's call records, and the caller's whole report
-    (with each stage's p95 as ``stage_p95_ms``)."""
+    (with each stage's p95 as ``stage_p95_ms`` and the records' answered turns as ``server_turns``)."""
     base = "http" + url[2:].removesuffix(f"/media/{args.protocol}")
     report = run_caller(url, pid, n, args, keep_calls=True)
     sids = [c["call_sid"] for c in report.get("calls_detail", [])]
@@ -88,6 +88,7 @@ def measure_calls(url: str, pid: int, n: int, args: argparse.Namespace) -> tuple
         "server CPU %": report.get("server_cpu_pct"),
     }
     report["stage_p95_ms"] = {stage: _p95([t[stage] for t in turns if t.get(stage) is not None]) for stage in STAGES}
+    report["server_turns"] = turns
     return row, report
 
 
