@@ -48,6 +48,18 @@ async def test_fake_clock_wakes_sleepers_in_deadline_order_at_their_deadlines() 
     await asyncio.gather(*tasks)
 
 
+async def test_fake_clock_fires_timers_at_their_deadlines_and_never_a_cancelled_one() -> None:
+    clock = FakeClock(T0)
+    fired: list[tuple[str, float]] = []
+    later = clock.call_at(T0 + 0.2, lambda: fired.append(("later", clock.now())))
+    clock.call_at(T0 + 0.1, lambda: fired.append(("sooner", clock.now())))
+    cancelled = clock.call_at(T0 + 0.15, lambda: fired.append(("cancelled", clock.now())))
+    assert later.when() == T0 + 0.2
+    cancelled.cancel()
+    await clock.advance(1.0)
+    assert fired == [("sooner", T0 + 0.1), ("later", T0 + 0.2)]
+
+
 async def test_fake_clock_sleep_until_the_past_returns_at_once() -> None:
     clock = FakeClock(T0)
     await clock.sleep_until(T0 - 1)

@@ -431,10 +431,13 @@ async def test_reconnecting_that_keeps_failing_ends_the_transcripts_with_a_final
 async def test_a_finalize_left_unanswered_reconnects_and_asks_again(fakes, sessions) -> None:
     fake = await fakes(transcripts=["Thank you."])
     fake.stall_next()
-    session, reader = await sessions(config(fake, endpointing_ms=None), answer_timeout_s=0.3)
+    session, reader = await sessions(config(fake, endpointing_ms=None, keepalive_s=10), answer_timeout_s=0.3)
     await send_all(session, tone(300, 400) + silence(100))
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
     await session.finalize()
     await reader.wait_until(lambda: reader.finals)
+    assert loop.time() - asked < 5.0  # the Finalize brought the watch forward from the 10 s KeepAlive
     assert [t.text for t in reader.finals] == ["Thank you."]
     assert len(fake.connections) == 2 and fake.connections[0].stalled
     assert [c.type for c in fake.connections[1].control] == ["Finalize"]
@@ -483,6 +486,17 @@ async def test_bad_parameters_at_connect_are_not_retryable(fakes) -> None:
 
 def _session_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("deepgram-") and not t.done()]
+
+
+async def test_a_streaming_session_runs_one_task_of_its_own(fakes, sessions) -> None:
+    fake = await fakes(transcripts=["Hello."])
+    session, reader = await sessions(config(fake, endpointing_ms=None))
+    session.speech(True)
+    await send_all(session, tone(300, 400))
+    await session.finalize()
+    await reader.wait_until(lambda: reader.finals)
+    # The supervisor reads the results itself; the watch is a timer, not a task.
+    assert [t.get_name() for t in _session_tasks()] == ["deepgram-stt"]
 
 
 async def test_aclose_sends_closestream_gets_the_last_results_and_stops_every_task(fakes) -> None:
@@ -604,12 +618,14 @@ async def test_audio_behind_a_full_socket_waits_and_then_goes_out_whole_and_in_o
         frame = bytes(range(256)) * (MULAW_8K.bytes_for(frame_ms) // 256)
         await session.send(frame)
         audio += frame
+    assert "deepgram-drain" in [t.get_name() for t in _session_tasks()]  # to write them as the buffer drains
     await session.finalize()
     fake.pause_reading(False)
     conn = fake.connections[0]
     await fake.wait_until(lambda: conn.controls("Finalize"))
     assert conn.audio == audio  # every byte, in the order sent
     assert conn.controls("Finalize")[0].after_bytes == len(audio)
+    assert [t.get_name() for t in _session_tasks()] == ["deepgram-stt"]  # the drain task ended with the backlog
 
 
 async def test_audio_sent_while_a_cut_connection_is_noticed_goes_out_on_the_next_one(fakes, sessions) -> None:

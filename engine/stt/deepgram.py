@@ -2,16 +2,19 @@
 
 The call's native audio goes out as is (``mulaw``/``alaw`` 8 kHz, ``linear16`` at any rate).
 
-Tasks, all owned by the session: a supervisor started in ``open`` holds the connection (the
-SDK's ``connect`` context) and reconnects; per connection it runs a sender, a receiver and a
-watch (KeepAlive when no audio went out for ``keepalive_s``; abort when a Finalize goes
-unanswered; it sleeps until the next of those deadlines). ``aclose`` sends CloseStream, waits a
-bounded time for the server to finish, then aborts and cancels.
+One task per session, started in ``open``: the supervisor holds the connection (the SDK's
+``connect`` context), reads its results, and reconnects. Beside it, a timer on the clock (the
+*watch*: KeepAlive when no audio went out for ``keepalive_s``; abort when a Finalize goes
+unanswered; due at the next of those deadlines) and, only while the socket's send buffer is over
+its high-water mark, a drain task. ``aclose`` sends CloseStream, waits a bounded time for the
+server to finish, then aborts and cancels. (Per call in flight that is 1 task of ours and the
+``websockets`` connection's 3, against 6 of ours before: each task, with its coroutine and
+futures, is work for every garbage collection.)
 
 ``send`` is on the call's 20 ms frame path and never waits: it appends the frame to two deques and,
 once a chunk (``chunk_ms``) has gathered, writes it to the socket's transport as one frame
-(``wsframe``) if the socket is open and its send buffer under its high-water mark; else the sender
-task writes it when it can (after a reconnect, or once the buffer drains). The *outbox* is what is
+(``wsframe``) if the socket is open and its send buffer under its high-water mark; else it stays
+queued: a reconnect writes it, a full buffer starts the drain task. The *outbox* is what is
 still to be written to the current socket (audio frames and control markers, in order). The *replay
 buffer* is the audio no final result has covered yet (at most ``_REPLAY_LIMIT_S``): each final's
 ``start + duration`` acknowledges the audio before it. When the socket drops, the supervisor
@@ -56,7 +59,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ringline.config.providers import DeepgramSttConfig
-from ringline.engine.audio.clock import Clock
+from ringline.engine.audio.clock import Clock, Timer
 from ringline.engine.audio.formats import AudioFormat, Encoding
 from ringline.engine.clients import HttpClients
 from ringline.engine.errors import ProviderError, parse_retry_after
@@ -149,19 +152,6 @@ def _error_for(exc: BaseException, key: str) -> ProviderError:
 def _writable(ws: WebSocketCommonProtocol) -> bool:
     """Open, and its transport too (an aborted transport is closed before websockets notices)."""
     return ws.state is State.OPEN and not ws.transport.is_closing()
-
-
-async def _sleep_until_set(clock: Clock, deadline: float, event: asyncio.Event) -> None:
-    """Until ``deadline`` on ``clock`` or until ``event`` is set, whichever comes first."""
-    if event.is_set():
-        return
-    sleeper = asyncio.ensure_future(clock.sleep_until(deadline))
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        waiter.cancel()
 
 
 def _connection(socket: AsyncV1SocketClient) -> WebSocketCommonProtocol:
@@ -272,10 +262,10 @@ class DeepgramSttSession:
         """Audio gathers to this much before it is written: ``chunk_ms`` in speech, ``quiet_chunk_ms`` between."""
         self._held = 0
         """Audio bytes queued since the outbox was last written: it is written once a chunk has gathered."""
-        self._wake = asyncio.Event()
-        """Set for the sender: the outbox holds what the frame path could not write."""
-        self._rewatch = asyncio.Event()
-        """Set for the watch: a Finalize went out, its answer has a deadline."""
+        self._drainer: asyncio.Task[None] | None = None
+        """Writes the outbox while the socket's send buffer drains (``_drain``); None when not needed."""
+        self._watch_timer: Timer | None = None
+        """The watch's next run (``_watch``), while a connection is served."""
         self._last_sent_at = clock.now()
         """Clock time audio (or a KeepAlive) last went out."""
         self._finalize_sent_at: float | None = None
@@ -368,11 +358,26 @@ class DeepgramSttSession:
             self._flush()
 
     def _flush(self) -> None:
-        """Write the outbox now if the socket takes it without waiting, else wake the sender (which
-        can wait: a reconnect, a full socket buffer, a closing socket)."""
+        """Write the outbox now if the socket takes it without waiting. Else it waits: for the
+        drain task if the send buffer is full; for the next connection (which writes it first) if
+        there is no open socket."""
         ws = self._ws
-        if ws is None or not _writable(ws) or not self._write(ws):
-            self._wake.set()
+        if ws is None or not _writable(ws) or self._write(ws):
+            return
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(ws), name="deepgram-drain")
+
+    async def _drain(self, ws: WebSocketCommonProtocol) -> None:
+        """Write the outbox as the socket's send buffer drains, until it is empty. A socket that
+        closes meanwhile ends it: the supervisor reconnects and replays."""
+        try:
+            while _writable(ws) and not self._write(ws):
+                await ws.drain()  # over the high-water mark, writing is paused: until it resumes
+        except (ConnectionClosed, ConnectionError):
+            pass
+        except Exception:  # a bug: the task boundary; the socket is dropped and reconnected
+            log.exception("deepgram: writing failed")
+            self._abort()
 
     def _write(self, ws: WebSocketCommonProtocol) -> bool:
         """Write queued messages to an open socket until its send buffer is over its high-water mark
@@ -392,8 +397,8 @@ class DeepgramSttSession:
             else:
                 transport.write(client_frame(OP_TEXT, item.text.encode()))
                 if item is Send.FINALIZE and self._finalize_sent_at is None:
-                    self._finalize_sent_at = self._clock.now()
-                    self._rewatch.set()
+                    self._finalize_sent_at = now = self._clock.now()
+                    self._arm_watch(now + self._answer_timeout_s)
         return True
 
     async def __aiter__(self) -> AsyncIterator[Transcript]:
@@ -482,62 +487,55 @@ class DeepgramSttSession:
         self._last_heard_at = self._last_sent_at = self._clock.now()
         if self.state is not SessionState.OPEN:
             self._set_state(SessionState.OPEN)
-        self._wake.set()
 
     async def _serve(self, socket: AsyncV1SocketClient) -> None:
-        """Run one connection's sender, receiver and watch until the socket ends."""
-        receiver = asyncio.create_task(self._receive(socket), name="deepgram-receive")
-        sender = asyncio.create_task(self._send_loop(_connection(socket)), name="deepgram-send")
-        watch = asyncio.create_task(self._watch(), name="deepgram-watch")
-        tasks = (receiver, sender, watch)
+        """Serve one connection until the socket ends: write what is queued (the replay), start
+        the watch, and read the results in this task."""
+        ws = _connection(socket)
+        self._watch()
+        self._flush()
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._receive(ws)
         finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+            if self._watch_timer is not None:
+                self._watch_timer.cancel()
+                self._watch_timer = None
+            if self._drainer is not None:
+                self._drainer.cancel()  # it ends at once; its socket is gone
+                self._drainer = None
 
-    async def _send_loop(self, ws: WebSocketCommonProtocol) -> None:
-        """What the frame path could not write at once: a replay, a backlog behind a full socket
-        buffer. Ends (raising ``ConnectionClosed``) when the socket is no longer open."""
-        wake = self._wake
-        while True:
-            while not self._outbox:
-                wake.clear()
-                await wake.wait()
-            if not _writable(ws):
-                await ws.wait_closed()
-                await ws.ensure_open()  # raises ConnectionClosed: the supervisor reconnects
-            if not self._write(ws):
-                await ws.drain()  # over the high-water mark, writing is paused: until it resumes
+    def _arm_watch(self, deadline: float) -> None:
+        """Run the watch at ``deadline`` unless it is due sooner already."""
+        timer = self._watch_timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._watch_timer = self._clock.call_at(deadline, self._watch)
 
-    async def _watch(self) -> None:
+    def _watch(self) -> None:
         """KeepAlive when no audio went out for ``keepalive_s``; abort when a Finalize goes
-        unanswered. Sleeps until the next of those deadlines (a Finalize sent meanwhile wakes it):
-        one wake per ``keepalive_s`` while audio flows."""
-        clock, keepalive, rewatch = self._clock, self._config.keepalive_s, self._rewatch
-        while True:
-            now = clock.now()
-            if now - self._last_sent_at >= keepalive:
-                self._last_sent_at = now
-                self._outbox.append(Send.KEEPALIVE)
-                self._flush()
-            deadline = self._last_sent_at + keepalive
-            asked = self._finalize_sent_at
-            if asked is not None and self._last_heard_at < asked:
-                if now - asked >= self._answer_timeout_s:
-                    log.warning("deepgram sent nothing for %.1f s after Finalize: reconnecting", now - asked)
-                    self._abort()
-                    return
-                deadline = min(deadline, asked + self._answer_timeout_s)
-            rewatch.clear()
-            await _sleep_until_set(clock, deadline, rewatch)
+        unanswered. Runs on the clock at the next of those deadlines (a Finalize sent meanwhile
+        brings it forward): one run per ``keepalive_s`` while audio flows."""
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()  # its own timer (done), or the one it replaces
+            self._watch_timer = None
+        now, keepalive = self._clock.now(), self._config.keepalive_s
+        if now - self._last_sent_at >= keepalive:
+            self._last_sent_at = now
+            self._outbox.append(Send.KEEPALIVE)
+            self._flush()
+        deadline = self._last_sent_at + keepalive
+        asked = self._finalize_sent_at
+        if asked is not None and self._last_heard_at < asked:
+            if now - asked >= self._answer_timeout_s:
+                log.warning("deepgram sent nothing for %.1f s after Finalize: reconnecting", now - asked)
+                self._abort()
+                return
+            deadline = min(deadline, asked + self._answer_timeout_s)
+        self._arm_watch(deadline)
 
-    async def _receive(self, socket: AsyncV1SocketClient) -> None:
-        async for raw in _connection(socket):
+    async def _receive(self, ws: WebSocketCommonProtocol) -> None:
+        async for raw in ws:
             self._last_heard_at = self._clock.now()
             if isinstance(raw, bytes):
                 continue
