@@ -5,7 +5,9 @@
 - ``deepgram``: ``--calls`` sessions stream mu-law 8 kHz in 20 ms frames, in real time, for
   ``--seconds``, first as between the caller's speech (``quiet_chunk_ms`` messages), then as in
   it (the ``speech`` hint given: ``chunk_ms`` messages): this process's CPU as % of a core, and
-  per frame (what the call's frame path and the session's tasks spend on it).
+  per frame (what the call's frame path and the session's tasks spend on it); then what a session
+  holds while it streams: its tasks (the ``websockets`` connection's included) and the objects the
+  garbage collector tracks for it (each one work for every full collection).
 - ``openai``: ``--calls`` streamed chat replies at once, ``--replies`` rounds, with a ten-message
   context and the fake at the published latencies (first token 350 ms, then 50 tokens/s): CPU per
   reply (request, stream, drain).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -45,6 +48,8 @@ REPLY = "Sure, here is the answer to that."
 async def deepgram(vendor: dict[str, str], args: argparse.Namespace, clients: HttpClients) -> None:
     config = DeepgramSttConfig(provider="deepgram", api_key=vendor["api_key"], base_url=vendor["url"])
     stt = DeepgramStt(config, LoopClock(), clients=clients)
+    gc.collect()
+    objects, tasks = len(gc.get_objects()), len(asyncio.all_tasks())
     sessions = [await stt.open(MULAW_8K) for _ in range(args.calls)]
 
     async def read(session: DeepgramSttSession) -> None:
@@ -52,6 +57,7 @@ async def deepgram(vendor: dict[str, str], args: argparse.Namespace, clients: Ht
             pass
 
     readers = [asyncio.create_task(read(s)) for s in sessions]
+    tasks += len(readers)  # the benchmark's, not the sessions'
     frame = b"\xff" * MULAW_8K.bytes_for(int(FRAME_S * 1000))
     loop = asyncio.get_running_loop()
     ticks = int(args.seconds / FRAME_S)
@@ -70,6 +76,10 @@ async def deepgram(vendor: dict[str, str], args: argparse.Namespace, clients: Ht
                 f"deepgram: {args.calls} sessions, caller {'speaking' if speaking else 'silent'}: "
                 f"{100 * cpu / wall:.1f} % of a core, {1e6 * cpu / (args.calls * ticks):.1f} us per 20 ms frame"
             )
+    gc.collect()
+    objects = (len(gc.get_objects()) - objects) / args.calls
+    tasks = (len(asyncio.all_tasks()) - tasks) / args.calls
+    print(f"deepgram: a session holds {tasks:.0f} tasks and {objects:.0f} GC-tracked objects (its reader's too)")
     for session in sessions:
         await session.aclose()
     await asyncio.gather(*readers, return_exceptions=True)
