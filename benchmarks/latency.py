@@ -107,7 +107,7 @@ def measure(config: Path, preemptive: bool, calls: list[int], args: argparse.Nam
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.0f}" if isinstance(value, float) else str(value)
+    return f"{value:z.0f}" if isinstance(value, float) else str(value)  # z: -0.3 is "0", not "-0"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
