@@ -7,9 +7,9 @@ One task per session, started in ``open``: the supervisor holds the connection (
 *watch*: KeepAlive when no audio went out for ``keepalive_s``; abort when a Finalize goes
 unanswered; due at the next of those deadlines) and, only while the socket's send buffer is over
 its high-water mark, a drain task. ``aclose`` sends CloseStream, waits a bounded time for the
-server to finish, then aborts and cancels. (Per call in flight that is 1 task of ours and the
-``websockets`` connection's 3, against 6 of ours before: each task, with its coroutine and
-futures, is work for every garbage collection.)
+server to finish, then aborts and cancels. (So a call holds one task of ours beside the
+``websockets`` connection's three: each task, with its coroutine and futures, is work for every
+full garbage collection.)
 
 ``send`` is on the call's 20 ms frame path and never waits: it appends the frame to two deques and,
 once a chunk (``chunk_ms``) has gathered, writes it to the socket's transport as one frame
@@ -489,8 +489,8 @@ class DeepgramSttSession:
             self._set_state(SessionState.OPEN)
 
     async def _serve(self, socket: AsyncV1SocketClient) -> None:
-        """Serve one connection until the socket ends: write what is queued (the replay), start
-        the watch, and read the results in this task."""
+        """Serve one connection until the socket ends: start the watch, write what is queued (the
+        replay: a Finalize in it brings the watch forward), and read the results in this task."""
         ws = _connection(socket)
         self._watch()
         self._flush()
