@@ -115,9 +115,7 @@ def phantom_negative(text: str) -> bool:
     if not invalid or curl is None:
         return False
     sent = curl.group(0)
-    return all(
-        name == "Authorization" if where == "header" else f"{name}=" not in sent for where, name in invalid
-    )
+    return all(name == "Authorization" if where == "header" else f"{name}=" not in sent for where, name in invalid)
 
 
 # ---- the real API -------------------------------------------------------------------------------
