@@ -34,9 +34,10 @@ for the whole reply on the server (first frame sent after the caller stopped). W
 ``--preemptive on`` the LLM may answer before the turn ends, so its stage is not a hop of the reply.
 
 Per run it prints a markdown row per N: caller-measured reply latency median and p95, the p95's
-change from that repeat's N = 1, the server's per-stage medians (``latency.py``'s columns),
-answered/expected turns, the server's CPU % and the fakes' (if the fakes' core is saturated, the
-fakes are the bottleneck, not the adapters), and from the server's ``/metrics`` over the run: its
+change from that repeat's N = 1, the server's per-stage medians and the replies prepared ahead of
+the turn's end that were used and discarded (``latency.py``'s columns), answered/expected turns,
+the server's CPU % and the fakes' (if the fakes' core is saturated, the fakes are the bottleneck,
+not the adapters), and from the server's ``/metrics`` over the run: its
 event loop's lag (p99 and the worst bucket, from ``ringline_event_loop_lag_seconds``) and its
 garbage collections (count and longest bucket), which say whether a slow reply waited on the
 server's loop or elsewhere.
@@ -242,6 +243,8 @@ def measure_run(
         "p95": measured["p95"],
         "p95 delta vs 1": None,
         **{stage: measured[stage] for stage in STAGES},
+        "prepared used": measured["prepared used"],
+        "prepared discarded": measured["prepared discarded"],
         "server CPU %": measured["server CPU %"],
         "vendors CPU %": vendor_cpu.stop(),
         "caller CPU %": report.get("caller_cpu_pct"),
