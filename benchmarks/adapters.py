@@ -3,6 +3,7 @@ adapters (their SDKs, on the server's shared HTTP clients) against the local ven
 published latencies, for N concurrent calls.
 
     python -m ringline.benchmarks.adapters [--calls 1,100] [--repeat 3] [--turns 3] [--preemptive off]
+        [--hesitate-ms 400]
 
 The target (issue 3): at 100 concurrent calls the adapters add no more than 5 ms to the p95
 compared with 1 call.
@@ -402,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of every N, alternating their order (default 3); the summary pools their replies",
     )
     p.add_argument("--preemptive", choices=("on", "off"), default="off", help="preemptive generation (default off)")
+    p.add_argument(
+        "--hesitate-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="pass to the caller: every utterance in two parts, MS ms of silence between (prepared replies discarded)",
+    )
     p.add_argument("--config", type=Path, default=SETTINGS, help="latencies and turn settings (default bench_latency)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)

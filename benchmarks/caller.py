@@ -12,6 +12,7 @@ CLI (uvloop)::
 
     python -m ringline.benchmarks.caller --url ws://127.0.0.1:8080/media/twilio --calls 10 --turns 3
     python -m ringline.benchmarks.caller --url ... --calls 10 --turns 4 --barge-in-ms 300  # talk over replies
+    python -m ringline.benchmarks.caller --url ... --calls 10 --hesitate-ms 400  # pause mid-turn, go on
     python -m ringline.benchmarks.caller --url ws://127.0.0.1:8080 --protocol vonage  # -> /media/vonage
 
 Modules: ``script`` (what the caller does, what happened), ``session`` (the sans-IO caller),
@@ -42,6 +43,7 @@ from ringline.benchmarks.playback import PlaybackBuffer
 from ringline.benchmarks.protocols import PROTOCOLS, wire_factory
 from ringline.benchmarks.recording import Recording, write_stereo_wav
 from ringline.benchmarks.script import CallerScript, CallResult, EndReason, Reply, Turn, Utterance
+from ringline.benchmarks.wire import SILENCE
 
 __all__ = [
     "CallResult",
@@ -77,19 +79,30 @@ def clip_script(
     custom_parameters: dict[str, str] | None = None,
     max_call_s: float | None = None,
     barge_in_after_ms: float | None = None,
+    hesitate_ms: float | None = None,
     call_sid: str | None = None,
 ) -> CallerScript:
     """``turns`` utterances cycling through the speech clips, call ``i`` starting at clip ``i``.
 
     With ``barge_in_after_ms``, every utterance after the first starts that long after the
     previous reply's first audio arrived (talking over the agent), not ``pause_ms`` after it ended.
+    With ``hesitate_ms``, every utterance is two clips (its own and the next) with that much
+    silence between, rounded to whole 20 ms frames (on top of the clips' own quiet edges): a caller
+    who pauses mid-turn, then goes on. A pause longer than the STT's final but shorter than the
+    end-of-turn silence is the case for a reply prepared ahead (preemptive generation) that must
+    be discarded.
     ``call_sid``: the stream's ``callSid`` (a call placed through the API); default a random one.
     """
     utterances = []
     for j in range(turns):
         name = SPEECH_CLIPS[(call_index + j) % len(SPEECH_CLIPS)]
+        audio, text = load_clip(name), CLIP_TEXTS[name]
+        if hesitate_ms is not None:
+            more = SPEECH_CLIPS[(call_index + j + 1) % len(SPEECH_CLIPS)]
+            audio += SILENCE * round(hesitate_ms / 20) + load_clip(more)
+            text = f"{text} {CLIP_TEXTS[more]}"
         barge = barge_in_after_ms if j > 0 else None
-        utterances.append(Utterance(load_clip(name), CLIP_TEXTS[name], barge_in_after_ms=barge))
+        utterances.append(Utterance(audio, text, barge_in_after_ms=barge))
     bound = max_call_s if max_call_s is not None else 30.0 + turns * (reply_timeout_s + 15.0)
     return CallerScript(
         tuple(utterances),
@@ -150,6 +163,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="speak every utterance after the first MS ms after the previous reply's first audio arrived "
         "(talking over the agent) instead of after the reply ended; reports agent stop times",
     )
+    p.add_argument(
+        "--hesitate-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="say every utterance in two parts with MS ms of silence between (pausing mid-turn, then going on)",
+    )
     p.add_argument("--greeting", action="store_true", help="the agent speaks first: wait for its greeting")
     p.add_argument(
         "--param",
@@ -173,6 +193,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.url = media_socket_url(args.url, args.protocol)
     if args.barge_in_ms is not None and args.barge_in_ms < 0:
         p.error("--barge-in-ms must not be negative")
+    if args.hesitate_ms is not None and not 0 <= args.hesitate_ms <= 10_000:
+        p.error("--hesitate-ms: want 0..10000")
     for item in args.param:
         if "=" not in item:
             p.error(f"--param {item!r}: want KEY=VALUE")
@@ -191,6 +213,7 @@ async def _main(args: argparse.Namespace) -> LoadReport:
             wait_for_greeting=args.greeting,
             custom_parameters=params,
             barge_in_after_ms=args.barge_in_ms,
+            hesitate_ms=args.hesitate_ms,
         )
 
     return await run_load(

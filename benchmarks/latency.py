@@ -1,13 +1,15 @@
 """Reply latency with providers at published cloud latencies, preemptive generation on and off.
 
     python -m ringline.benchmarks.latency [--calls 1,100] [--turns 3] [--config config/bench_latency.toml]
-        [--protocol twilio|telnyx|plivo|vonage|exotel]
+        [--protocol twilio|telnyx|plivo|vonage|exotel] [--hesitate-ms 400]
 
 For each setting (preemptive generation off, then on) starts ``ringline serve`` pinned to core 0,
 runs the caller simulator pinned to core 1 for each N, then reads every call's record from
 ``GET /calls/{id}`` for the server's per-stage breakdown (ms after the caller's last voiced frame
 reached the server). Prints one markdown table: caller-measured latency median/p95, the median of
-each stage, and how often a prepared reply was used or thrown away.
+each stage, and how often a prepared reply was used or thrown away. ``--hesitate-ms`` has every
+caller pause that long mid-turn and go on (``caller.py``): with a pause between the STT's final
+and the end-of-turn silence, each turn prepares a reply for its first part and throws it away.
 """
 
 from __future__ import annotations
@@ -126,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)
     p.add_argument("--protocol", choices=PROTOCOLS, default="twilio", help="provider media protocol (default twilio)")
+    p.add_argument(
+        "--hesitate-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="pass to the caller: every utterance in two parts, MS ms of silence between (prepared replies discarded)",
+    )
     args = p.parse_args(argv)
     args.url = args.server_pid = None
     args.fake = False

@@ -8,6 +8,7 @@ from ringline.benchmarks.caller import _parse_args, clip_script
 from ringline.benchmarks.concurrency import BARGE_IN_COLUMNS, COLUMNS, markdown_table
 from ringline.benchmarks.load import LoadReport, aggregate, start_offsets
 from ringline.benchmarks.script import CallerScript, CallResult, Turn, Utterance
+from ringline.benchmarks.wire import SILENCE
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -81,6 +82,18 @@ def test_cli_barge_in_option() -> None:
     assert _parse_args(["--url", URL]).barge_in_ms is None
     with pytest.raises(SystemExit):
         _parse_args(["--url", URL, "--barge-in-ms", "-1"])
+
+
+def test_a_hesitating_caller_says_each_utterance_in_two_parts_with_the_pause_between() -> None:
+    plain, hesitant = clip_script(0, 3), clip_script(0, 2, hesitate_ms=400)
+    for j, utterance in enumerate(hesitant.utterances):
+        first, second = plain.utterances[j], plain.utterances[j + 1]  # its own clip, then the next
+        assert utterance.audio == first.audio + SILENCE * 20 + second.audio  # 400 ms: 20 frames
+        assert utterance.text == f"{first.text} {second.text}"
+    assert _parse_args(["--url", URL, "--hesitate-ms", "400"]).hesitate_ms == 400.0
+    assert _parse_args(["--url", URL]).hesitate_ms is None
+    with pytest.raises(SystemExit):
+        _parse_args(["--url", URL, "--hesitate-ms", "-5"])
 
 
 def test_concurrency_table_adds_barge_in_columns_only_when_asked() -> None:
