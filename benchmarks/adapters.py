@@ -38,10 +38,10 @@ Per run it prints a markdown row per N: caller-measured reply latency median and
 change from that repeat's N = 1, the server's per-stage medians and the replies prepared ahead of
 the turn's end that were used and discarded (``latency.py``'s columns), answered/expected turns,
 the server's CPU % and the fakes' (if the fakes' core is saturated, the fakes are the bottleneck,
-not the adapters), and from the server's ``/metrics`` over the run: its
-event loop's lag (p99 and the worst bucket, from ``ringline_event_loop_lag_seconds``) and its
-garbage collections (count and longest bucket), which say whether a slow reply waited on the
-server's loop or elsewhere.
+not the adapters), and from the server's ``/metrics`` over the run: its event loop's lag (p99 and
+the worst bucket, from ``ringline_event_loop_lag_seconds``) and its garbage collections (count
+and longest bucket), which say whether a slow reply waited on the server's loop or elsewhere.
+``--hesitate-ms`` has every caller pause that long mid-turn and go on (``caller.py``).
 """
 
 from __future__ import annotations

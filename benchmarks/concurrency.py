@@ -171,7 +171,7 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_cal
             cmd += ["--param", param]
         if args.barge_in_ms is not None:
             cmd += ["--barge-in-ms", str(args.barge_in_ms)]
-        if getattr(args, "hesitate_ms", None) is not None:
+        if getattr(args, "hesitate_ms", None) is not None:  # set by the benchmarks that offer it
             cmd += ["--hesitate-ms", str(args.hesitate_ms)]
         # ramp (<= 5 s) + per turn: ~2.5 s speech, reply, pauses; reply timeout 10 s worst case
         timeout = 60.0 + args.turns * 20.0
