@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from ringline.benchmarks.concurrency import REPO, pin, started_server, stop_process
+from ringline.benchmarks.concurrency import REPO, add_hesitate_option, pin, started_server, stop_process
 from ringline.benchmarks.health import histograms, loop_health
 from ringline.benchmarks.latency import STAGES, markdown, measure_calls, toml_text
 
@@ -403,13 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of every N, alternating their order (default 3); the summary pools their replies",
     )
     p.add_argument("--preemptive", choices=("on", "off"), default="off", help="preemptive generation (default off)")
-    p.add_argument(
-        "--hesitate-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="pass to the caller: every utterance in two parts, MS ms of silence between (prepared replies discarded)",
-    )
+    add_hesitate_option(p)
     p.add_argument("--config", type=Path, default=SETTINGS, help="latencies and turn settings (default bench_latency)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)

@@ -157,6 +157,17 @@ def stop_process(proc: subprocess.Popen[bytes], log_file: IO[bytes], *, keep_log
         os.unlink(log_file.name)
 
 
+def add_hesitate_option(p: argparse.ArgumentParser) -> None:
+    """``--hesitate-ms``, which ``run_caller`` passes on to the caller (``caller.py``)."""
+    p.add_argument(
+        "--hesitate-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="pass to the caller: every utterance in two parts, MS ms of silence between (prepared replies discarded)",
+    )
+
+
 def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_calls: bool = False) -> dict[str, Any]:
     """One caller run in a pinned subprocess; its JSON report (with per-call detail if
     ``keep_calls``), or an error row."""
@@ -171,7 +182,7 @@ def run_caller(url: str, pid: int, n: int, args: argparse.Namespace, *, keep_cal
             cmd += ["--param", param]
         if args.barge_in_ms is not None:
             cmd += ["--barge-in-ms", str(args.barge_in_ms)]
-        if getattr(args, "hesitate_ms", None) is not None:  # set by the benchmarks that offer it
+        if getattr(args, "hesitate_ms", None) is not None:  # set by the benchmarks with add_hesitate_option
             cmd += ["--hesitate-ms", str(args.hesitate_ms)]
         # ramp (<= 5 s) + per turn: ~2.5 s speech, reply, pauses; reply timeout 10 s worst case
         timeout = 60.0 + args.turns * 20.0

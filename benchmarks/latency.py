@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ringline.benchmarks.concurrency import REPO, run_caller, started_server
+from ringline.benchmarks.concurrency import REPO, add_hesitate_option, run_caller, started_server
 from ringline.benchmarks.protocols import PROTOCOLS
 
 STAGES = ("stt_final", "turn_committed", "llm_first_token", "tts_first_audio", "first_audio_sent")
@@ -128,13 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--caller-core", type=int, default=1)
     p.add_argument("--protocol", choices=PROTOCOLS, default="twilio", help="provider media protocol (default twilio)")
-    p.add_argument(
-        "--hesitate-ms",
-        type=float,
-        default=None,
-        metavar="MS",
-        help="pass to the caller: every utterance in two parts, MS ms of silence between (prepared replies discarded)",
-    )
+    add_hesitate_option(p)
     args = p.parse_args(argv)
     args.url = args.server_pid = None
     args.fake = False
